@@ -3,10 +3,12 @@
 //! The library holds everything the binaries share:
 //! - [`key`]: WireGuard keys, strictly parsed (pure);
 //! - [`cni`]: the wgmesh-cni network configuration (pure), read by the plugin and written by the agent;
+//! - [`dataplane`]: adapters applying node state (the pod bridge, later routes and nftables);
 //! - [`netlink`]: adapters over rtnetlink and network namespaces, used by the plugin and the agent;
 //! - [`sysctl`]: the few kernel knobs a node needs.
 
 pub mod cni;
+pub mod dataplane;
 pub mod key;
 pub mod netlink;
 pub mod sysctl;

@@ -182,12 +182,12 @@ impl Netlink {
 
     /// Creates a veth pair in one request: the host end up, with its MTU, on the
     /// bridge; the peer end directly inside the pod namespace, with its final name and
-    /// MTU, up. Fails with EEXIST if either name is taken.
+    /// MTU, still down (the kernel refuses IFF_UP for a peer created in another
+    /// namespace with ENOTCONN). Fails with EEXIST if either name is taken.
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.peer_name)
             .mtu(spec.mtu)
-            .up()
             .setns_by_fd(spec.peer_ns.fd().as_raw_fd())
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
