@@ -27,7 +27,10 @@ pub async fn run(args: &Args) -> Result<CNIResult, Error> {
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(&pod_ns)?;
 
-    if pod.link_by_name(&owner.ifname).await?.is_some() {
+    let host_name = names::host_veth(&owner.container_id, &owner.ifname);
+    if pod.link_by_name(&owner.ifname).await?.is_some()
+        && !remove_del_leftover(&host, &host_name).await?
+    {
         return Err(Error::InterfaceExists {
             ifname: owner.ifname,
         });
@@ -41,7 +44,6 @@ pub async fn run(args: &Args) -> Result<CNIResult, Error> {
         ipam::allocate(&store, &cfg, &owner)?
         // The lock is released here: the kernel work below needs no IPAM exclusion.
     };
-    let host_name = names::host_veth(&owner.container_id, &owner.ifname);
     let attached = Attachment {
         cfg: &cfg,
         host: &host,
@@ -147,6 +149,19 @@ impl Attachment<'_> {
                 .collect(),
             dns: None,
         })
+    }
+}
+
+/// A DEL of this very attachment may have just run: its veth is down and off the
+/// bridge, waiting for the reaper. Remove it now (and with it the pod end that holds
+/// CNI_IFNAME) so a quick DEL+ADD works; anything else holding the name is not ours.
+async fn remove_del_leftover(host: &Netlink, host_name: &str) -> Result<bool, Error> {
+    match host.link_by_name(host_name).await? {
+        Some(link) if !link.up && link.controller.is_none() => {
+            host.delete_link(link.index).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 

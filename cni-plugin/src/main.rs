@@ -13,6 +13,7 @@ mod error;
 mod gc;
 mod ipam;
 mod names;
+mod reap;
 mod status;
 
 use async_trait::async_trait;
@@ -58,6 +59,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(reap::FLAG) {
+        // Not a CNI invocation: the detached helper of an earlier DEL.
+        if let (Some(index), Some(name)) = (args.get(2).and_then(|i| i.parse().ok()), args.get(3)) {
+            let _ = runtime.block_on(reap::run(index, name));
+        }
+        return;
+    }
     let plugin = Plugin::new(
         SpecVersion::new(1, 1, 0),
         vec![SpecVersion::new(1, 0, 0), SpecVersion::new(1, 1, 0)],

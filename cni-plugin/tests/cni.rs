@@ -6,8 +6,10 @@ mod support;
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
+use std::time::Duration;
 use support::{Node, host_veth_of, ipv4_of};
-use wgmesh_testkit::{TestNs, require_root};
+
+use wgmesh_testkit::{TestNs, require_root, wait_until};
 
 #[test]
 fn two_pods_on_one_bridge_ping_each_other_and_the_gateway() {
@@ -114,15 +116,40 @@ fn del_twice_and_del_of_an_unknown_container_succeed() {
     let r = node.add("twice", &pod).expect_ok("ADD");
     let veth = host_veth_of(&r);
     node.del("twice", Some(&pod)).expect_ok("first DEL");
-    assert!(!node.has_link(&veth), "host veth removed");
-    assert!(
-        !pod.exec("ip", ["link", "show", "eth0"]).status.success(),
-        "pod eth0 removed"
-    );
     assert!(node.leases().is_empty());
+    // Cut off at once: gone, or down and off the bridge until the reaper removes it.
+    let shown = node.ns.exec("ip", ["-d", "link", "show", &veth]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        !shown.contains("master") && !shown.contains(",UP"),
+        "{shown}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the host veth to be deleted",
+        || (!node.has_link(&veth)).then_some(()),
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the pod's eth0 to be deleted",
+        || (!pod.exec("ip", ["link", "show", "eth0"]).status.success()).then_some(()),
+    );
     node.del("twice", Some(&pod)).expect_ok("second DEL");
     node.del("never-seen", None)
         .expect_ok("DEL of an unknown container");
+}
+
+#[test]
+fn add_right_after_del_of_the_same_attachment_succeeds() {
+    require_root!();
+    let node = Node::new(&["10.244.16.0/24"]);
+    let pod = TestNs::new("pod");
+    node.add("again", &pod).expect_ok("ADD");
+    node.del("again", Some(&pod)).expect_ok("DEL");
+    // No wait: the veth of the DEL may still be waiting for its reaper.
+    let r = node.add("again", &pod).expect_ok("ADD right after DEL");
+    assert!(pod.ping("10.244.16.1"), "the re-added pod works: {r}");
+    assert_eq!(node.leases().len(), 1);
 }
 
 #[test]

@@ -97,10 +97,12 @@ mod tests {
         v.iter().map(|s| ip(s)).collect()
     }
 
+    /// subnet, used, last handed out, wanted next
+    type Case<'a> = (&'a str, &'a [&'a str], Option<&'a str>, Option<&'a str>);
+
     #[test]
     fn next_free_is_round_robin_and_skips_reserved_addresses() {
-        let cases: &[(&str, &[&str], Option<&str>, Option<&str>)] = &[
-            // subnet, used, last, want
+        let cases: &[Case] = &[
             ("10.244.1.0/24", &[], None, Some("10.244.1.2")),
             ("10.244.1.0/24", &["10.244.1.2"], None, Some("10.244.1.3")),
             (
