@@ -100,6 +100,19 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PublicKey::from_base64(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {

@@ -1,25 +1,169 @@
 //! `wgmesh`: the node agent and operator CLI. Argument parsing and wiring only.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use wgmesh::agent::{self, AgentConfig};
+use wgmesh::dataplane::ControlPlaneOnly;
+use wgmesh::mesh::MeshConfig;
+use wgmesh::model::AddressType;
 
 /// Kubernetes pod network over an encrypted WireGuard full mesh.
 #[derive(Debug, Parser)]
 #[command(name = "wgmesh", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node agent (one per node, as a DaemonSet).
+    Agent(AgentArgs),
     /// Print the version and exit.
     Version,
 }
 
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Log level or filter (RUST_LOG syntax); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Name of this node's Node object.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// kubeconfig file; without it, KUBECONFIG, then the in-cluster configuration.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Where the node's private key and last-known-good mesh live.
+    #[arg(long, default_value = "/var/lib/wgmesh")]
+    state_dir: PathBuf,
+    /// Where the node's CNI conflist is written.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The whole pod range (comma-separated); node CIDRs outside it are refused.
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<IpNet>,
+    /// WireGuard UDP port.
+    #[arg(long, default_value_t = 51820)]
+    listen_port: u16,
+    /// WireGuard interface name.
+    #[arg(long, default_value = "wgmesh0")]
+    interface: String,
+    /// Which node address peers use.
+    #[arg(long, default_value = "InternalIP")]
+    endpoint_address_type: AddressType,
+    /// Persistent keepalive for every peer, seconds (0 = off); a node's
+    /// wgmesh.io/persistent-keepalive annotation overrides it for that node.
+    #[arg(long, default_value_t = 0)]
+    persistent_keepalive: u16,
+    /// MTU of pod interfaces and the bridge.
+    #[arg(long, default_value_t = wgmesh::cni::config::DEFAULT_MTU)]
+    mtu: u32,
+    /// Full recompute and re-apply at least this often, even without changes.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resync_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+    }
+}
+
+fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    let cfg = AgentConfig {
+        node_name: a.node_name,
+        kubeconfig: a.kubeconfig,
+        state_dir: a.state_dir,
+        cni_conf_dir: a.cni_conf_dir,
+        mesh: MeshConfig {
+            cluster_cidrs: a.cluster_cidr,
+            persistent_keepalive: (a.persistent_keepalive > 0).then_some(a.persistent_keepalive),
+            interface: a.interface,
+            listen_port: a.listen_port,
+            address_type: a.endpoint_address_type,
+            mtu: a.mtu,
+            ..MeshConfig::default()
+        },
+        resync_interval: a.resync_interval,
+    };
+    agent::run(cfg, ControlPlaneOnly::default(), shutdown_signal())
+        .await
+        .context("wgmesh agent")
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(&cli.log);
     match cli.command {
-        Command::Version => println!("wgmesh {}", env!("CARGO_PKG_VERSION")),
+        Command::Version => {
+            println!("wgmesh {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Agent(a) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("wgmesh-agent")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(run_agent(a))
+        }
     }
-    Ok(())
 }

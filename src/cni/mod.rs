@@ -4,7 +4,7 @@
 //! it back on every invocation, so both sides share one definition of every key, its
 //! default and its validation.
 
-mod config;
+pub mod config;
 mod subnets;
 
 pub use config::{ConfigError, NetworkConfig, render_conflist};

@@ -20,7 +20,9 @@ pub enum SubnetError {
 }
 
 /// The pod subnets of one node, at most one per address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct PodSubnets {
     pub v4: Ipv4Net,
     pub v6: Option<Ipv6Net>,

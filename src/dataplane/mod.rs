@@ -2,3 +2,52 @@
 //! creates and is idempotent: run it again and it changes nothing.
 
 pub mod bridge;
+
+use std::future::Future;
+
+use crate::mesh::MeshPlan;
+
+/// A data-plane failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the agent's reconcile loop drives: make the node's packet path match a plan.
+/// Implementations must be idempotent (the loop applies the same plan again on every
+/// resync) and change only what differs.
+pub trait DataPlane: Send {
+    fn apply(&mut self, plan: &MeshPlan) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// True once the node can carry pod traffic as planned.
+    fn is_ready(&self) -> bool;
+}
+
+/// A data plane that applies nothing: the agent runs its control plane only (keys,
+/// annotations, mesh computation, CNI config). A stand-in until the WireGuard device
+/// and routes are wired in.
+#[derive(Debug, Default)]
+pub struct ControlPlaneOnly {
+    applied: Option<MeshPlan>,
+}
+
+impl ControlPlaneOnly {
+    /// The last plan handed over.
+    pub fn applied(&self) -> Option<&MeshPlan> {
+        self.applied.as_ref()
+    }
+}
+
+impl DataPlane for ControlPlaneOnly {
+    async fn apply(&mut self, plan: &MeshPlan) -> Result<(), Error> {
+        self.applied = Some(plan.clone());
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,130 @@
+//! The node agent: identity, the Node watch and the level-triggered reconcile loop.
+//!
+//! Any Node change (or the periodic resync) wakes the loop; bursts coalesce into one
+//! pass; a pass recomputes the whole desired state from the watch's store, publishes
+//! this node's advertisement if it differs, reports other nodes' problems as Events,
+//! writes the CNI config if it changed, and hands the plan to the data plane. A failed
+//! pass is retried with backoff; the agent never exits because of another node's data.
+
+pub mod identity;
+mod reconcile;
+pub mod state;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::dataplane::DataPlane;
+use crate::k8s;
+use crate::k8s::watch::NodeWatch;
+use crate::mesh::MeshConfig;
+
+pub use reconcile::Reconciler;
+
+/// File name of the node's conflist in the CNI configuration directory.
+pub const CONFLIST: &str = "10-wgmesh.conflist";
+/// The `cniVersion` the conflist declares (see `cni::render_conflist`).
+pub const CONFLIST_VERSION: &str = "1.0.0";
+
+/// Bursts of Node events within this window become one reconcile pass.
+const COALESCE: Duration = Duration::from_millis(20);
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] k8s::Error),
+    #[error(transparent)]
+    DataPlane(#[from] crate::dataplane::Error),
+    #[error("writing {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything `wgmesh agent` is configured with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub mesh: MeshConfig,
+    pub resync_interval: Duration,
+}
+
+/// Runs the agent until `shutdown` resolves. Returns an error only for what stops the
+/// node from taking part at all (no usable identity, no Kubernetes configuration).
+pub async fn run<D: DataPlane>(
+    cfg: AgentConfig,
+    dataplane: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("agent", node = %cfg.node_name);
+    run_inner(cfg, dataplane, shutdown).instrument(span).await
+}
+
+async fn run_inner<D: DataPlane>(
+    cfg: AgentConfig,
+    mut dataplane: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let key = identity::load_or_generate(&cfg.state_dir)?;
+    let public_key = key.public_key();
+    tracing::info!(public_key = %public_key, state_dir = %cfg.state_dir.display(), "starting");
+
+    // The last-known-good mesh first: a restart must not wait for the API server.
+    if let Some(plan) = state::load(&cfg.state_dir) {
+        match dataplane.apply(&plan).await {
+            Ok(()) => tracing::info!(peers = plan.peers.len(), "applied the saved mesh"),
+            Err(e) => tracing::warn!(error = %e, "could not apply the saved mesh"),
+        }
+    }
+
+    let client = k8s::client(cfg.kubeconfig.as_deref()).await?;
+    let changed = Arc::new(Notify::new());
+    let watch = NodeWatch::start(client.clone(), changed.clone());
+    let mut reconciler = Reconciler::new(cfg.clone(), client, public_key);
+
+    let mut resync = tokio::time::interval(cfg.resync_interval);
+    let mut retry_at: Option<Instant> = None;
+    let mut retry_delay = RETRY_MIN;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = changed.notified() => {}
+            _ = resync.tick() => {}
+            _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+        }
+        sleep(COALESCE).await;
+        if !watch.is_synced() {
+            continue;
+        }
+        match reconciler.reconcile(&watch.nodes(), &mut dataplane).await {
+            Ok(()) => {
+                retry_at = None;
+                retry_delay = RETRY_MIN;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?retry_delay, "reconcile failed");
+                retry_at = Some(Instant::now() + retry_delay);
+                retry_delay = (retry_delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    // Routes, rules and the interface stay: a restarting agent must not open a window
+    // in which pod traffic could leave unencrypted.
+    tracing::info!("stopping; the data plane stays in place");
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! One reconcile pass: every Node in, the node's state out. Adapter glue around the
+//! pure [`crate::mesh`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use super::{AgentConfig, CONFLIST, CONFLIST_VERSION, Error, state};
+use crate::cni::render_conflist;
+use crate::dataplane::DataPlane;
+use crate::fsutil::write_if_changed;
+use crate::k8s::events::{EventType, Findings, Reporter};
+use crate::k8s::{publish, translate};
+use crate::key::PublicKey;
+use crate::mesh::{self, MeshPlan, ParsedNode};
+
+/// State kept across passes.
+pub struct Reconciler {
+    cfg: AgentConfig,
+    public_key: PublicKey,
+    nodes: Api<Node>,
+    reporter: Reporter,
+    /// Parsed nodes by name, reused while the resourceVersion is unchanged.
+    parsed: HashMap<String, (Option<String>, ParsedNode)>,
+    last_plan: Option<MeshPlan>,
+    condition_set: bool,
+}
+
+impl Reconciler {
+    pub fn new(cfg: AgentConfig, client: kube::Client, public_key: PublicKey) -> Self {
+        Reconciler {
+            reporter: Reporter::new(client.clone(), &cfg.node_name),
+            nodes: Api::all(client),
+            cfg,
+            public_key,
+            parsed: HashMap::new(),
+            last_plan: None,
+            condition_set: false,
+        }
+    }
+
+    pub async fn reconcile<D: DataPlane>(
+        &mut self,
+        nodes: &[Arc<Node>],
+        dataplane: &mut D,
+    ) -> Result<(), Error> {
+        let me = self.cfg.node_name.clone();
+        self.refresh_parsed(nodes);
+        let local = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(me.as_str()));
+        let mut findings: BTreeMap<String, Findings> = BTreeMap::new();
+
+        // 1. Our own advertisement.
+        let mut published = false;
+        match local {
+            None => {
+                tracing::warn!("this node's Node object does not exist (yet); nothing to publish")
+            }
+            Some(node) => {
+                let view = translate::node_view(node);
+                match mesh::advertise(&view, &self.public_key, &self.cfg.mesh) {
+                    Ok(ad) if ad.is_published_on(&view) => published = true,
+                    Ok(ad) => {
+                        publish::advertisement(&self.nodes, &me, &ad).await?;
+                        tracing::info!(endpoint = %ad.endpoint, pod_cidrs = %ad.pod_subnets.to_annotation(), "published advertisement");
+                        published = true;
+                    }
+                    Err(problem) => {
+                        findings.entry(me.clone()).or_default().insert((
+                            EventType::Warning,
+                            problem.reason(),
+                            problem.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+
+        // 2. The mesh.
+        let plan = mesh::plan(
+            &me,
+            Some(&self.public_key),
+            self.parsed.values().map(|(_, p)| p),
+            &self.cfg.mesh,
+        );
+        for (node, problems) in &plan.rejected {
+            let f = findings.entry(node.clone()).or_default();
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            // One Event per node and pass: the first reason, every problem in the message.
+            f.insert((
+                EventType::Warning,
+                problems[0].reason(),
+                format!("left out of the WireGuard mesh: {message}"),
+            ));
+        }
+        for (node, warnings) in &plan.warnings {
+            let f = findings.entry(node.clone()).or_default();
+            for w in warnings {
+                f.insert((EventType::Warning, w.reason(), w.to_string()));
+            }
+        }
+        let uids = nodes
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
+            .collect();
+        if let Err(e) = self.reporter.sync(&findings, &uids).await {
+            // Events are for humans; failing to post one must not stop the mesh.
+            tracing::warn!(error = %e, "could not record an event");
+        }
+
+        // 3. The node's CNI config.
+        let cni_written = match plan.cni_config(&self.cfg.mesh) {
+            Some(cni) => {
+                let path = self.cfg.cni_conf_dir.join(CONFLIST);
+                std::fs::create_dir_all(&self.cfg.cni_conf_dir).map_err(|source| Error::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                let text = render_conflist(&cni, CONFLIST_VERSION);
+                if write_if_changed(&path, text.as_bytes(), 0o644).map_err(|source| {
+                    Error::File {
+                        path: path.clone(),
+                        source,
+                    }
+                })? {
+                    tracing::info!(path = %path.display(), "wrote CNI config");
+                }
+                true
+            }
+            None => {
+                tracing::warn!("no pod CIDR for this node yet; CNI config not written");
+                false
+            }
+        };
+
+        // 4. The data plane, and the saved last-known-good plan.
+        dataplane.apply(&plan).await?;
+        if self.last_plan.as_ref() != Some(&plan) {
+            log_changes(self.last_plan.as_ref(), &plan);
+            let path = state::path(&self.cfg.state_dir);
+            state::save(&self.cfg.state_dir, &plan)
+                .map_err(|source| Error::File { path, source })?;
+            self.last_plan = Some(plan);
+        }
+
+        // 5. Tell Kubernetes the node's network is ready.
+        if published && cni_written && dataplane.is_ready() {
+            let already = self.condition_set
+                || local.is_some_and(|n| translate::network_ready_condition_set(n));
+            if !already {
+                publish::network_ready(&self.nodes, &me).await?;
+                tracing::info!("set NetworkUnavailable=False");
+            }
+            self.condition_set = true;
+        }
+        Ok(())
+    }
+
+    /// Re-parses only nodes whose resourceVersion changed; forgets deleted nodes.
+    fn refresh_parsed(&mut self, nodes: &[Arc<Node>]) {
+        let mut fresh = HashMap::with_capacity(nodes.len());
+        for node in nodes {
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
+            let rv = node.metadata.resource_version.clone();
+            let parsed = match self.parsed.remove(&name) {
+                Some((old_rv, p)) if old_rv.is_some() && old_rv == rv => p,
+                _ => mesh::parse(&translate::node_view(node), &self.cfg.mesh),
+            };
+            fresh.insert(name, (rv, parsed));
+        }
+        self.parsed = fresh;
+    }
+}
+
+fn log_changes(old: Option<&MeshPlan>, new: &MeshPlan) {
+    let empty = BTreeMap::new();
+    let old_peers = old.map(|p| &p.peers).unwrap_or(&empty);
+    for (name, peer) in &new.peers {
+        match old_peers.get(name) {
+            None => {
+                tracing::info!(peer = %name, public_key = %peer.public_key.short(), endpoint = %peer.endpoint, "peer added")
+            }
+            Some(o) if o != peer => {
+                tracing::info!(peer = %name, endpoint = %peer.endpoint, "peer changed")
+            }
+            _ => {}
+        }
+    }
+    for name in old_peers.keys().filter(|n| !new.peers.contains_key(*n)) {
+        tracing::info!(peer = %name, "peer removed");
+    }
+}

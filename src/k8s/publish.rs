@@ -1,0 +1,58 @@
+//! Writes to the agent's own Node: its advertisement annotations and the
+//! NetworkUnavailable condition. Patches touch only wgmesh's keys. Adapter.
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use super::Error;
+use super::translate::{NETWORK_UNAVAILABLE, READY_REASON};
+use crate::mesh::Advertisement;
+
+/// Field manager recorded by the API server for wgmesh's changes.
+pub const FIELD_MANAGER: &str = "wgmesh";
+
+/// Merge-patches the three advertisement annotations onto `node`; nothing else changes.
+pub async fn advertisement(api: &Api<Node>, node: &str, ad: &Advertisement) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": ad.annotations()}});
+    api.patch(
+        node,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::Api {
+        op: "patch annotations of node",
+        target: node.to_string(),
+        source,
+    })
+}
+
+/// Sets NetworkUnavailable=False (reason WgmeshReady) on the node's status. A strategic
+/// merge patch: conditions merge by type, so the kubelet's conditions stay.
+pub async fn network_ready(api: &Api<Node>, node: &str) -> Result<(), Error> {
+    let now = Timestamp::now().to_string();
+    let patch = json!({"status": {"conditions": [{
+        "type": NETWORK_UNAVAILABLE,
+        "status": "False",
+        "reason": READY_REASON,
+        "message": "wgmesh is running on this node",
+        "lastTransitionTime": now,
+        "lastHeartbeatTime": now,
+    }]}});
+    api.patch_status(
+        node,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::Api {
+        op: "patch status of node",
+        target: node.to_string(),
+        source,
+    })
+}

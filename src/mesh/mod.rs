@@ -1,0 +1,72 @@
+//! The mesh: cluster state in, desired data-plane state out. Pure: no I/O, no async,
+//! no clock. All validation of what nodes publish lives here.
+//!
+//! - [`node::parse`] validates one node (annotations, spec.podCIDRs);
+//! - [`plan::plan`] combines every node into one node's [`MeshPlan`] (peers, routes,
+//!   CNI config), leaving out conflicting nodes deterministically;
+//! - [`advertise::advertise`] computes what the local node publishes about itself.
+
+pub mod advertise;
+pub mod conflicts;
+pub mod node;
+pub mod plan;
+pub mod problem;
+
+use ipnet::IpNet;
+
+pub use advertise::{Advertisement, advertise};
+pub use node::{ParsedNode, parse};
+pub use plan::{LocalPlan, MeshPlan, PeerPlan, RoutePlan, plan};
+pub use problem::{Problem, Warning};
+
+use crate::cni::{NetworkConfig, PodSubnets};
+use crate::model::AddressType;
+
+/// The agent's settings that shape the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The whole pod range; node CIDRs outside it are refused. Empty: no check.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Default persistent keepalive for peers (seconds, `None` = off).
+    pub persistent_keepalive: Option<u16>,
+    /// The WireGuard interface, e.g. `wgmesh0`.
+    pub interface: String,
+    pub listen_port: u16,
+    pub address_type: AddressType,
+    /// CNI network name, bridge and MTU written into the node's conflist.
+    pub cni_network: String,
+    pub bridge: String,
+    pub mtu: u32,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            cluster_cidrs: Vec::new(),
+            persistent_keepalive: None,
+            interface: "wgmesh0".into(),
+            listen_port: 51820,
+            address_type: AddressType::InternalIP,
+            cni_network: "wgmesh".into(),
+            bridge: crate::cni::config::DEFAULT_BRIDGE.into(),
+            mtu: crate::cni::config::DEFAULT_MTU,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// The CNI configuration of a node with these pod subnets.
+    pub fn cni_config(&self, pod_subnets: PodSubnets) -> NetworkConfig {
+        NetworkConfig {
+            name: self.cni_network.clone(),
+            bridge: self.bridge.clone(),
+            mtu: self.mtu,
+            subnets: pod_subnets,
+            data_dir: crate::cni::config::DEFAULT_DATA_DIR.into(),
+            ipam_lock_timeout: crate::cni::config::DEFAULT_IPAM_LOCK_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! One node's annotations and spec, validated: what the mesh may use of it. Pure.
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::MeshConfig;
+use super::problem::{Problem, Warning};
+use crate::cni::PodSubnets;
+use crate::key::PublicKey;
+use crate::model::{Endpoint, NodeView, annotation};
+
+/// A node after validation. It can peer only if `problems` is empty, and then every
+/// field is `Some`. The local node uses `pod_subnets` even while its own annotations
+/// are not published yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParsedNode {
+    pub name: String,
+    pub public_key: Option<PublicKey>,
+    pub endpoint: Option<Endpoint>,
+    pub pod_subnets: Option<PodSubnets>,
+    /// Persistent keepalive for the peer of this node, seconds; `None` = off.
+    pub persistent_keepalive: Option<u16>,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Warning>,
+}
+
+impl ParsedNode {
+    pub fn is_usable(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Validates everything the mesh reads from a node. Every problem is reported, not
+/// just the first, so one Event tells the operator all that is wrong.
+pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    let public_key = match view.annotation(annotation::PUBLIC_KEY) {
+        None => {
+            problems.push(Problem::MissingAnnotation {
+                key: annotation::PUBLIC_KEY,
+            });
+            None
+        }
+        Some(s) => match PublicKey::from_base64(s) {
+            Ok(k) if k.is_zero() => {
+                problems.push(Problem::InvalidPublicKey {
+                    key: annotation::PUBLIC_KEY,
+                    error: "the all-zero key is not a usable key".into(),
+                });
+                None
+            }
+            Ok(k) => Some(k),
+            Err(e) => {
+                problems.push(Problem::bad_key(annotation::PUBLIC_KEY, e));
+                None
+            }
+        },
+    };
+
+    // A user's force-endpoint beats what the node's agent published.
+    let endpoint_key = if view.annotation(annotation::FORCE_ENDPOINT).is_some() {
+        annotation::FORCE_ENDPOINT
+    } else {
+        annotation::ENDPOINT
+    };
+    let endpoint = match view.annotation(endpoint_key) {
+        None => {
+            problems.push(Problem::MissingAnnotation {
+                key: annotation::ENDPOINT,
+            });
+            None
+        }
+        Some(s) => match Endpoint::parse(s, true) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                problems.push(Problem::bad_endpoint(endpoint_key, s, e));
+                None
+            }
+        },
+    };
+
+    let pod_subnets = pod_subnets(view, &mut problems, &mut warnings);
+    if let Some(subnets) = &pod_subnets {
+        for cidr in subnets.nets() {
+            if !cfg.cluster_cidrs.is_empty() && !cfg.cluster_cidrs.iter().any(|c| c.contains(&cidr))
+            {
+                problems.push(Problem::PodCidrOutsideCluster { cidr });
+            }
+        }
+    }
+
+    let persistent_keepalive = match view.annotation(annotation::PERSISTENT_KEEPALIVE) {
+        None => cfg.persistent_keepalive,
+        Some(v) => match v.trim().parse::<u16>() {
+            Ok(0) => None,
+            Ok(s) => Some(s),
+            Err(_) => {
+                warnings.push(Warning::InvalidPersistentKeepalive {
+                    value: v.to_string(),
+                });
+                cfg.persistent_keepalive
+            }
+        },
+    };
+
+    ParsedNode {
+        name: view.name.clone(),
+        public_key,
+        endpoint,
+        pod_subnets,
+        persistent_keepalive,
+        problems,
+        warnings,
+    }
+}
+
+/// spec.podCIDRs when set (the controller-manager assigns them, so a node cannot
+/// claim another's range by annotation); the annotation otherwise.
+fn pod_subnets(
+    view: &NodeView,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Warning>,
+) -> Option<PodSubnets> {
+    let from_annotation: Option<Vec<&str>> = view.annotation(annotation::POD_CIDRS).map(|a| {
+        a.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    if !view.pod_cidrs.is_empty() {
+        let spec = match PodSubnets::parse(&view.pod_cidrs) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(Problem::bad_cidrs("spec.podCIDRs", e));
+                return None;
+            }
+        };
+        if let Some(list) = from_annotation {
+            let agrees = PodSubnets::parse(&list).is_ok_and(|a| a == spec);
+            if !agrees {
+                warnings.push(Warning::PodCidrAnnotationDisagrees {
+                    annotation: list.join(","),
+                    spec: spec.to_annotation(),
+                });
+            }
+        }
+        return Some(spec);
+    }
+    match from_annotation {
+        None => {
+            problems.push(Problem::NoPodCidrs);
+            None
+        }
+        Some(list) => match PodSubnets::parse(&list) {
+            Ok(s) => {
+                warnings.push(Warning::PodCidrsFromAnnotation);
+                Some(s)
+            }
+            Err(e) => {
+                problems.push(Problem::bad_cidrs(annotation::POD_CIDRS, e));
+                None
+            }
+        },
+    }
+}
+
+/// Every pod CIDR the node may hold, as nets (empty when unknown).
+pub(crate) fn nets_of(node: &ParsedNode) -> Vec<IpNet> {
+    node.pod_subnets
+        .map(|s| s.nets().collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,192 @@
+//! Why a node is left out of the mesh, or used with a caveat. Pure.
+
+use std::fmt;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::cni::SubnetError;
+use crate::key::KeyError;
+use crate::model::EndpointError;
+
+/// A reason to leave a node out of the mesh. Reported as a Kubernetes Event on that
+/// Node (reason [`Problem::reason`], message its `Display`) and a log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "camelCase")]
+pub enum Problem {
+    MissingAnnotation {
+        key: &'static str,
+    },
+    /// The local node has no status address of the configured type.
+    NoNodeAddress {
+        address_type: &'static str,
+    },
+    InvalidPublicKey {
+        key: &'static str,
+        error: String,
+    },
+    InvalidEndpoint {
+        key: &'static str,
+        value: String,
+        error: String,
+    },
+    NoPodCidrs,
+    InvalidPodCidrs {
+        source: &'static str,
+        error: String,
+    },
+    PodCidrOutsideCluster {
+        cidr: IpNet,
+    },
+    /// Two or more nodes publish this key; none of them is used.
+    DuplicatePublicKey {
+        others: Vec<String>,
+    },
+    /// The node publishes this node's own public key.
+    PublicKeyOfThisNode,
+    /// Its pod CIDR overlaps another node's; neither is used.
+    OverlappingPodCidr {
+        cidr: IpNet,
+        other: String,
+        other_cidr: IpNet,
+    },
+    /// Its pod CIDR overlaps this node's own, which always wins here.
+    PodCidrOfThisNode {
+        cidr: IpNet,
+        local_cidr: IpNet,
+    },
+}
+
+impl Problem {
+    pub(crate) fn bad_key(key: &'static str, e: KeyError) -> Self {
+        Problem::InvalidPublicKey {
+            key,
+            error: e.to_string(),
+        }
+    }
+
+    pub(crate) fn bad_endpoint(key: &'static str, value: &str, e: EndpointError) -> Self {
+        Problem::InvalidEndpoint {
+            key,
+            value: value.to_string(),
+            error: e.to_string(),
+        }
+    }
+
+    pub(crate) fn bad_cidrs(source: &'static str, e: SubnetError) -> Self {
+        Problem::InvalidPodCidrs {
+            source,
+            error: e.to_string(),
+        }
+    }
+
+    /// The Event reason: a short CamelCase word, stable for alerting.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::MissingAnnotation { .. } => "MissingAnnotation",
+            Problem::NoNodeAddress { .. } => "NoNodeAddress",
+            Problem::InvalidPublicKey { .. } => "InvalidPublicKey",
+            Problem::InvalidEndpoint { .. } => "InvalidEndpoint",
+            Problem::NoPodCidrs => "NoPodCIDRs",
+            Problem::InvalidPodCidrs { .. } => "InvalidPodCIDRs",
+            Problem::PodCidrOutsideCluster { .. } => "PodCIDROutsideCluster",
+            Problem::DuplicatePublicKey { .. } => "DuplicatePublicKey",
+            Problem::PublicKeyOfThisNode => "DuplicatePublicKey",
+            Problem::OverlappingPodCidr { .. } | Problem::PodCidrOfThisNode { .. } => {
+                "OverlappingPodCIDR"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::MissingAnnotation { key } => write!(f, "annotation {key} is missing"),
+            Problem::NoNodeAddress { address_type } => {
+                write!(
+                    f,
+                    "node has no {address_type} in status.addresses (set wgmesh.io/force-endpoint)"
+                )
+            }
+            Problem::InvalidPublicKey { key, error } => write!(f, "annotation {key}: {error}"),
+            Problem::InvalidEndpoint { key, value, error } => {
+                write!(f, "annotation {key}={value:?}: {error}")
+            }
+            Problem::NoPodCidrs => write!(
+                f,
+                "node has no pod CIDR (spec.podCIDRs and wgmesh.io/pod-cidrs are empty)"
+            ),
+            Problem::InvalidPodCidrs { source, error } => write!(f, "{source}: {error}"),
+            Problem::PodCidrOutsideCluster { cidr } => {
+                write!(f, "pod CIDR {cidr} is outside the cluster CIDRs")
+            }
+            Problem::DuplicatePublicKey { others } => {
+                write!(
+                    f,
+                    "public key is also published by {}; none of them is used",
+                    others.join(", ")
+                )
+            }
+            Problem::PublicKeyOfThisNode => {
+                write!(f, "node publishes the public key of the local node")
+            }
+            Problem::OverlappingPodCidr {
+                cidr,
+                other,
+                other_cidr,
+            } => {
+                write!(
+                    f,
+                    "pod CIDR {cidr} overlaps {other_cidr} of node {other}; neither is used"
+                )
+            }
+            Problem::PodCidrOfThisNode { cidr, local_cidr } => {
+                write!(f, "pod CIDR {cidr} overlaps the local node's {local_cidr}")
+            }
+        }
+    }
+}
+
+/// Something odd about a node that is still used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "camelCase")]
+pub enum Warning {
+    /// The annotation's CIDRs differ from spec.podCIDRs, which wins.
+    PodCidrAnnotationDisagrees { annotation: String, spec: String },
+    /// No spec.podCIDRs: the CIDRs come from the annotation.
+    PodCidrsFromAnnotation,
+    /// Unusable `wgmesh.io/persistent-keepalive`; the agent's default applies.
+    InvalidPersistentKeepalive { value: String },
+}
+
+impl Warning {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Warning::PodCidrAnnotationDisagrees { .. } => "PodCIDRAnnotationIgnored",
+            Warning::PodCidrsFromAnnotation => "PodCIDRsFromAnnotation",
+            Warning::InvalidPersistentKeepalive { .. } => "InvalidPersistentKeepalive",
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::PodCidrAnnotationDisagrees { annotation, spec } => write!(
+                f,
+                "annotation wgmesh.io/pod-cidrs={annotation:?} disagrees with spec.podCIDRs {spec:?}; spec.podCIDRs is used"
+            ),
+            Warning::PodCidrsFromAnnotation => {
+                write!(
+                    f,
+                    "node has no spec.podCIDRs; using annotation wgmesh.io/pod-cidrs"
+                )
+            }
+            Warning::InvalidPersistentKeepalive { value } => write!(
+                f,
+                "annotation wgmesh.io/persistent-keepalive={value:?} is not 0-65535 seconds; using the default"
+            ),
+        }
+    }
+}

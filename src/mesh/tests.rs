@@ -1,0 +1,460 @@
+//! Table tests of the mesh over a small fixed cluster: nodes a–d with fixed keys.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::key::PublicKey;
+use crate::model::{NodeView, annotation};
+
+fn key(n: u8) -> PublicKey {
+    let mut b = [n; 32];
+    b[0] = 0x40 | n;
+    PublicKey::from_bytes(b)
+}
+
+/// A well-formed node `name` with key `k`, endpoint 192.0.2.<i>:51820, pod CIDR 10.244.<i>.0/24.
+fn node(name: &str, i: u8) -> NodeView {
+    let cidr = format!("10.244.{i}.0/24");
+    NodeView {
+        name: name.to_string(),
+        annotations: BTreeMap::from([
+            (annotation::PUBLIC_KEY.to_string(), key(i).to_base64()),
+            (
+                annotation::ENDPOINT.to_string(),
+                format!("192.0.2.{i}:51820"),
+            ),
+            (annotation::POD_CIDRS.to_string(), cidr.clone()),
+        ]),
+        pod_cidrs: vec![cidr],
+        addresses: vec![("InternalIP".into(), format!("192.0.2.{i}"))],
+    }
+}
+
+fn with(mut v: NodeView, f: impl FnOnce(&mut NodeView)) -> NodeView {
+    f(&mut v);
+    v
+}
+
+fn set(v: NodeView, k: &str, val: &str) -> NodeView {
+    with(v, |v| {
+        v.annotations.insert(k.to_string(), val.to_string());
+    })
+}
+
+fn unset(v: NodeView, k: &str) -> NodeView {
+    with(v, |v| {
+        v.annotations.remove(k);
+    })
+}
+
+fn cfg() -> MeshConfig {
+    MeshConfig {
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/48".parse().unwrap(),
+        ],
+        ..MeshConfig::default()
+    }
+}
+
+/// The plan of node "a" for these views.
+fn plan_of(views: &[NodeView]) -> MeshPlan {
+    let cfg = cfg();
+    let parsed: Vec<ParsedNode> = views.iter().map(|v| parse(v, &cfg)).collect();
+    plan("a", Some(&key(1)), &parsed, &cfg)
+}
+
+fn peers(p: &MeshPlan) -> Vec<&str> {
+    p.peers.keys().map(String::as_str).collect()
+}
+
+fn reasons(p: &MeshPlan, node: &str) -> Vec<&'static str> {
+    p.rejected
+        .get(node)
+        .map(|v| v.iter().map(Problem::reason).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
+    let p = plan_of(&[node("a", 1), node("b", 2), node("c", 3), node("d", 4)]);
+    assert_eq!(peers(&p), ["b", "c", "d"]);
+    let b = &p.peers["b"];
+    assert_eq!(b.public_key, key(2));
+    assert_eq!(b.endpoint.to_string(), "192.0.2.2:51820");
+    assert_eq!(
+        b.allowed_ips,
+        vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(b.persistent_keepalive, None);
+    let routes: Vec<String> = p
+        .routes
+        .iter()
+        .map(|r| format!("{} dev {} src {:?} ({})", r.dst, r.dev, r.src, r.node))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "10.244.2.0/24 dev wgmesh0 src Some(10.244.1.1) (b)",
+            "10.244.3.0/24 dev wgmesh0 src Some(10.244.1.1) (c)",
+            "10.244.4.0/24 dev wgmesh0 src Some(10.244.1.1) (d)",
+        ]
+    );
+    assert_eq!(
+        p.local.as_ref().map(|l| l.pod_subnets.to_annotation()),
+        Some("10.244.1.0/24".into())
+    );
+    let cni = p.cni_config(&cfg()).expect("local CNI config");
+    assert_eq!(cni.subnets.v4.to_string(), "10.244.1.0/24");
+    assert_eq!((cni.bridge.as_str(), cni.mtu), ("wgmesh-br", 1420));
+    assert!(p.rejected.is_empty() && p.warnings.is_empty());
+}
+
+#[test]
+fn malformed_nodes_are_left_out_with_the_reason_and_the_rest_is_unaffected() {
+    type Case = (
+        &'static str,
+        NodeView,
+        &'static [&'static str],
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "no key",
+            unset(node("b", 2), annotation::PUBLIC_KEY),
+            &["MissingAnnotation"],
+            "wgmesh.io/public-key is missing",
+        ),
+        (
+            "bad base64",
+            set(node("b", 2), annotation::PUBLIC_KEY, "not*base64!"),
+            &["InvalidPublicKey"],
+            "not valid base64",
+        ),
+        (
+            "short key",
+            set(node("b", 2), annotation::PUBLIC_KEY, "AAECAwQFBgcICQ=="),
+            &["InvalidPublicKey"],
+            "has 10 bytes",
+        ),
+        (
+            "zero key",
+            set(
+                node("b", 2),
+                annotation::PUBLIC_KEY,
+                &PublicKey::from_bytes([0; 32]).to_base64(),
+            ),
+            &["InvalidPublicKey"],
+            "all-zero",
+        ),
+        (
+            "no endpoint",
+            unset(node("b", 2), annotation::ENDPOINT),
+            &["MissingAnnotation"],
+            "wgmesh.io/endpoint is missing",
+        ),
+        (
+            "endpoint without port",
+            set(node("b", 2), annotation::ENDPOINT, "192.0.2.2"),
+            &["InvalidEndpoint"],
+            "has no port",
+        ),
+        (
+            "endpoint port 0",
+            set(node("b", 2), annotation::ENDPOINT, "192.0.2.2:0"),
+            &["InvalidEndpoint"],
+            "invalid port",
+        ),
+        (
+            "bad force-endpoint",
+            set(node("b", 2), annotation::FORCE_ENDPOINT, "under_score:1"),
+            &["InvalidEndpoint"],
+            "force-endpoint",
+        ),
+        (
+            "no CIDR anywhere",
+            with(unset(node("b", 2), annotation::POD_CIDRS), |v| {
+                v.pod_cidrs.clear()
+            }),
+            &["NoPodCIDRs"],
+            "no pod CIDR",
+        ),
+        (
+            "garbage spec CIDR",
+            with(node("b", 2), |v| v.pod_cidrs = vec!["10.244.2.0/33".into()]),
+            &["InvalidPodCIDRs"],
+            "spec.podCIDRs",
+        ),
+        (
+            "CIDR outside cluster",
+            with(node("b", 2), |v| v.pod_cidrs = vec!["10.99.0.0/24".into()]),
+            &["PodCIDROutsideCluster"],
+            "10.99.0.0/24",
+        ),
+        (
+            "everything wrong at once",
+            with(
+                set(
+                    unset(node("b", 2), annotation::ENDPOINT),
+                    annotation::PUBLIC_KEY,
+                    "x",
+                ),
+                |v| v.pod_cidrs = vec!["nope".into()],
+            ),
+            &["InvalidPublicKey", "MissingAnnotation", "InvalidPodCIDRs"],
+            "",
+        ),
+    ];
+    for (what, bad_b, want, message) in cases {
+        let p = plan_of(&[node("a", 1), bad_b, node("c", 3)]);
+        assert_eq!(peers(&p), ["c"], "{what}");
+        assert_eq!(reasons(&p, "b"), want, "{what}");
+        let text = p.rejected["b"]
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(
+            text.contains(message),
+            "{what}: {text:?} does not mention {message:?}"
+        );
+        assert_eq!(p.routes.len(), 1, "{what}: only c's route");
+    }
+}
+
+#[test]
+fn ipv6_and_dns_endpoints_are_used_as_published() {
+    let p = plan_of(&[
+        node("a", 1),
+        set(node("b", 2), annotation::ENDPOINT, "[2001:db8::2]:51820"),
+        set(
+            node("c", 3),
+            annotation::FORCE_ENDPOINT,
+            "node-c.example.net:4500",
+        ),
+    ]);
+    assert_eq!(p.peers["b"].endpoint.to_string(), "[2001:db8::2]:51820");
+    assert_eq!(
+        p.peers["c"].endpoint.to_string(),
+        "node-c.example.net:4500",
+        "force-endpoint wins"
+    );
+}
+
+#[test]
+fn overlapping_cidrs_exclude_both_nodes_and_never_the_local_one() {
+    let p = plan_of(&[
+        node("a", 1),
+        node("b", 2),
+        with(node("c", 3), |v| v.pod_cidrs = vec!["10.244.2.0/23".into()]),
+        with(node("d", 4), |v| {
+            v.pod_cidrs = vec!["10.244.1.128/25".into()]
+        }),
+        node("e", 5),
+    ]);
+    assert_eq!(peers(&p), ["e"]);
+    assert_eq!(reasons(&p, "b"), ["OverlappingPodCIDR"]);
+    assert_eq!(reasons(&p, "c"), ["OverlappingPodCIDR"]);
+    assert_eq!(reasons(&p, "d"), ["OverlappingPodCIDR"]);
+    assert!(p.rejected["d"][0].to_string().contains("local node"));
+    assert!(p.local.is_some(), "the local node keeps its own CIDR");
+}
+
+#[test]
+fn duplicate_keys_exclude_every_holder_including_a_copy_of_the_local_key() {
+    let p = plan_of(&[
+        node("a", 1),
+        set(node("b", 2), annotation::PUBLIC_KEY, &key(3).to_base64()),
+        node("c", 3),
+        set(node("d", 4), annotation::PUBLIC_KEY, &key(1).to_base64()),
+        node("e", 5),
+    ]);
+    assert_eq!(peers(&p), ["e"]);
+    assert_eq!(reasons(&p, "b"), ["DuplicatePublicKey"]);
+    assert_eq!(reasons(&p, "c"), ["DuplicatePublicKey"]);
+    assert_eq!(p.rejected["d"], vec![Problem::PublicKeyOfThisNode]);
+}
+
+#[test]
+fn spec_pod_cidrs_win_over_a_disagreeing_annotation() {
+    let p = plan_of(&[
+        node("a", 1),
+        set(node("b", 2), annotation::POD_CIDRS, "10.244.1.0/24"),
+    ]);
+    assert_eq!(
+        p.peers["b"].allowed_ips,
+        vec!["10.244.2.0/24".parse::<IpNet>().unwrap()],
+        "spec wins, no overlap with a"
+    );
+    assert_eq!(p.warnings["b"].len(), 1);
+    assert_eq!(p.warnings["b"][0].reason(), "PodCIDRAnnotationIgnored");
+    // Without spec.podCIDRs the annotation is used, with a warning.
+    let p = plan_of(&[node("a", 1), with(node("b", 2), |v| v.pod_cidrs.clear())]);
+    assert_eq!(
+        p.peers["b"].allowed_ips,
+        vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(p.warnings["b"][0].reason(), "PodCIDRsFromAnnotation");
+}
+
+#[test]
+fn persistent_keepalive_comes_from_the_annotation_or_the_default() {
+    let cfg = MeshConfig {
+        persistent_keepalive: Some(25),
+        ..cfg()
+    };
+    let views = [
+        node("a", 1),
+        node("b", 2),
+        set(node("c", 3), annotation::PERSISTENT_KEEPALIVE, "10"),
+        set(node("d", 4), annotation::PERSISTENT_KEEPALIVE, "0"),
+        set(node("e", 5), annotation::PERSISTENT_KEEPALIVE, "often"),
+    ];
+    let parsed: Vec<ParsedNode> = views.iter().map(|v| parse(v, &cfg)).collect();
+    let p = plan("a", Some(&key(1)), &parsed, &cfg);
+    let ka: Vec<Option<u16>> = p.peers.values().map(|p| p.persistent_keepalive).collect();
+    assert_eq!(ka, [Some(25), Some(10), None, Some(25)]);
+    assert_eq!(p.warnings["e"][0].reason(), "InvalidPersistentKeepalive");
+}
+
+#[test]
+fn a_deleted_node_disappears_from_peers_and_routes() {
+    let before = plan_of(&[node("a", 1), node("b", 2), node("c", 3)]);
+    let after = plan_of(&[node("a", 1), node("c", 3)]);
+    assert_eq!(peers(&before), ["b", "c"]);
+    assert_eq!(peers(&after), ["c"]);
+    assert!(after.routes.iter().all(|r| r.node != "b"));
+    assert_ne!(before, after);
+}
+
+#[test]
+fn dual_stack_nodes_get_a_route_per_family_with_a_matching_source() {
+    let ds = |name: &str, i: u8| {
+        with(node(name, i), |v| {
+            v.pod_cidrs.push(format!("fd00:10:244:{i}::/64"))
+        })
+    };
+    let p = plan_of(&[ds("a", 1), ds("b", 2), node("c", 3)]);
+    let routes: Vec<String> = p
+        .routes
+        .iter()
+        .map(|r| format!("{} {:?}", r.dst, r.src.map(|s| s.to_string())))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "10.244.2.0/24 Some(\"10.244.1.1\")",
+            "10.244.3.0/24 Some(\"10.244.1.1\")",
+            "fd00:10:244:2::/64 Some(\"fd00:10:244:1::1\")",
+        ]
+    );
+    assert_eq!(p.peers["b"].allowed_ips.len(), 2);
+}
+
+#[test]
+fn the_local_node_without_pod_cidrs_has_no_cni_config_yet() {
+    let p = plan_of(&[with(node("a", 1), |v| v.pod_cidrs.clear()), node("b", 2)]);
+    // The annotation fallback gives "a" a CIDR; with neither, it has none.
+    assert!(p.local.is_some());
+    let p = plan_of(&[
+        with(unset(node("a", 1), annotation::POD_CIDRS), |v| {
+            v.pod_cidrs.clear()
+        }),
+        node("b", 2),
+    ]);
+    assert!(p.local.is_none() && p.cni_config(&cfg()).is_none());
+    assert_eq!(peers(&p), ["b"], "peers are still computed");
+    assert!(p.routes.iter().all(|r| r.src.is_none()));
+}
+
+#[test]
+fn the_advertisement_uses_the_address_type_force_endpoint_and_spec() {
+    let cfg = cfg();
+    let v = with(node("a", 1), |v| {
+        v.addresses = vec![
+            ("ExternalIP".into(), "203.0.113.1".into()),
+            ("InternalIP".into(), "192.0.2.1".into()),
+        ]
+    });
+    let ad = advertise(&v, &key(1), &cfg).unwrap();
+    assert_eq!(ad.annotations()[annotation::ENDPOINT], "192.0.2.1:51820");
+    assert_eq!(ad.annotations()[annotation::POD_CIDRS], "10.244.1.0/24");
+    assert_eq!(ad.annotations()[annotation::PUBLIC_KEY], key(1).to_base64());
+    let ext = MeshConfig {
+        address_type: crate::model::AddressType::ExternalIP,
+        listen_port: 4500,
+        ..cfg.clone()
+    };
+    assert_eq!(
+        advertise(&v, &key(1), &ext).unwrap().endpoint.to_string(),
+        "203.0.113.1:4500"
+    );
+    let v6 = with(v.clone(), |v| {
+        v.addresses = vec![("InternalIP".into(), "2001:db8::1".into())]
+    });
+    assert_eq!(
+        advertise(&v6, &key(1), &cfg).unwrap().endpoint.to_string(),
+        "[2001:db8::1]:51820"
+    );
+    let forced = set(v.clone(), annotation::FORCE_ENDPOINT, "vpn.example.org:443");
+    assert_eq!(
+        advertise(&forced, &key(1), &cfg)
+            .unwrap()
+            .endpoint
+            .to_string(),
+        "vpn.example.org:443"
+    );
+    let no_addr = with(v.clone(), |v| v.addresses.clear());
+    assert_eq!(
+        advertise(&no_addr, &key(1), &cfg).unwrap_err().reason(),
+        "NoNodeAddress"
+    );
+    let no_spec = with(v.clone(), |v| v.pod_cidrs.clear());
+    assert_eq!(
+        advertise(&no_spec, &key(1), &cfg).unwrap_err().reason(),
+        "NoPodCIDRs"
+    );
+    assert!(
+        ad.is_published_on(&v),
+        "node() carries exactly these annotations"
+    );
+    assert!(!ad.is_published_on(&unset(v, annotation::ENDPOINT)));
+}
+
+proptest! {
+    /// Whatever order the nodes arrive in (and whatever conflicts they carry), the plan
+    /// is the same.
+    #[test]
+    fn the_plan_does_not_depend_on_node_order(
+        specs in proptest::collection::vec((0u8..6, 0u8..6, any::<bool>()), 2..12),
+        seed in any::<u64>(),
+    ) {
+        // Node i uses key k and CIDR c; small ranges force duplicate keys and overlaps.
+        let views: Vec<NodeView> = specs.iter().enumerate().map(|(i, (k, c, bad))| {
+            let v = node(&format!("n{i}"), 10 + k);
+            let v = with(v, |v| v.pod_cidrs = vec![format!("10.244.{}.0/24", 20 + c)]);
+            if *bad { set(v, annotation::ENDPOINT, "nope") } else { v }
+        }).collect();
+        let cfg = cfg();
+        let compute = |order: &[NodeView]| {
+            let parsed: Vec<ParsedNode> = order.iter().map(|v| parse(v, &cfg)).collect();
+            plan("n0", Some(&key(99)), &parsed, &cfg)
+        };
+        let base = compute(&views);
+        let mut shuffled = views.clone();
+        // A cheap deterministic shuffle from the seed.
+        let mut s = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        let other = compute(&shuffled);
+        prop_assert_eq!(&base, &other);
+        prop_assert_eq!(&base.rejected, &other.rejected);
+        // And no two peers share a key or an overlapping CIDR.
+        let keys: std::collections::BTreeSet<_> = base.peers.values().map(|p| p.public_key).collect();
+        prop_assert_eq!(keys.len(), base.peers.len());
+    }
+}
