@@ -8,10 +8,37 @@
 //!
 //! Shelling out to `ip` is fine here: this is test scaffolding, not the product.
 
+pub mod apiserver;
+
 use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// A binary of this workspace (e.g. `wgmesh-cni`, `test-apiserver`), from the target
+/// directory the running test was built in. `hack/test.sh` builds every binary first.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
 
 /// Skips the calling test (returns early) unless running as root, with a note on stderr.
 /// Network tests need root; CI runs as root, so they run there.

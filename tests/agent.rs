@@ -1,0 +1,348 @@
+//! `wgmesh agent` against test-apiserver (the stand-in for kube-apiserver): several
+//! agents with their own identities and state publish their advertisements and compute
+//! the full mesh; nodes come, go and misbehave. No root needed: these agents run the
+//! control plane only.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use support::{Agent, WAIT, create_node, node};
+use wgmesh::key::{PrivateKey, PublicKey};
+use wgmesh_testkit::apiserver::TestApiServer;
+
+fn private_key_of(agent: &Agent) -> PrivateKey {
+    let text = std::fs::read_to_string(agent.state_dir().join("private.key")).expect("key file");
+    PrivateKey::from_base64(text.trim()).expect("a key")
+}
+
+async fn annotations(api: &Api<Node>, name: &str) -> BTreeMap<String, String> {
+    api.get(name)
+        .await
+        .expect("node")
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// Polls an async condition until it holds or `timeout` passes.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_publish_their_advertisements_and_compute_the_full_mesh() {
+    let server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    for i in 1..=3 {
+        create_node(
+            &nodes,
+            &node(
+                &format!("n{i}"),
+                &format!("192.0.2.{i}"),
+                &format!("10.244.{i}.0/24"),
+            ),
+        )
+        .await;
+    }
+    let agents: Vec<Agent> = (1..=3)
+        .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
+        .collect();
+    agents[0].wait_for_peers(&["n2", "n3"], WAIT);
+    agents[1].wait_for_peers(&["n1", "n3"], WAIT);
+    agents[2].wait_for_peers(&["n1", "n2"], WAIT);
+
+    let mut keys = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        let n = i + 1;
+        let key = private_key_of(a);
+        let public = key.public_key();
+        keys.push(public);
+        // Published exactly as specified.
+        let ann = annotations(&nodes, &a.name).await;
+        assert_eq!(
+            ann["wgmesh.io/public-key"],
+            public.to_base64(),
+            "{}",
+            a.name
+        );
+        assert_eq!(ann["wgmesh.io/endpoint"], format!("192.0.2.{n}:51820"));
+        assert_eq!(ann["wgmesh.io/pod-cidrs"], format!("10.244.{n}.0/24"));
+        // Private key: 0600 in a 0700 directory, never in the logs or on the Node.
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&a.state_dir()), 0o700);
+        assert_eq!(mode(&a.state_dir().join("private.key")), 0o600);
+        let secret = key.to_base64();
+        assert!(
+            !a.log().contains(secret.as_str()),
+            "private key logged by {}",
+            a.name
+        );
+        assert!(!ann.values().any(|v| v.contains(secret.as_str())));
+        // The CNI config of this node.
+        let conflist = std::fs::read_to_string(a.cni_dir().join("10-wgmesh.conflist"))
+            .expect("conflist written");
+        let list: serde_json::Value = serde_json::from_str(&conflist).unwrap();
+        assert_eq!(list["plugins"][0]["type"], "wgmesh-cni");
+        assert_eq!(
+            list["plugins"][0]["subnets"],
+            json!([format!("10.244.{n}.0/24")])
+        );
+        assert_eq!(
+            list["plugins"][1],
+            json!({"type": "portmap", "capabilities": {"portMappings": true}})
+        );
+        // NetworkUnavailable=False once published and configured.
+        let cond = eventually(WAIT, "the NetworkUnavailable condition", || async {
+            let node = nodes.get(&a.name).await.ok()?;
+            let conds = node.status?.conditions?;
+            conds.into_iter().find(|c| c.type_ == "NetworkUnavailable")
+        })
+        .await;
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_deref()),
+            ("False", Some("WgmeshReady"))
+        );
+        let other = nodes
+            .get(&a.name)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .conditions
+            .unwrap();
+        assert!(
+            other
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            "the kubelet's condition is kept"
+        );
+    }
+    let distinct: std::collections::BTreeSet<&PublicKey> = keys.iter().collect();
+    assert_eq!(distinct.len(), 3, "every node has its own identity");
+
+    // Each agent's peers carry the others' keys, endpoints and CIDRs.
+    let mesh = agents[0].mesh().unwrap();
+    assert_eq!(mesh["peers"]["n2"]["public_key"], keys[1].to_base64());
+    assert_eq!(mesh["peers"]["n2"]["allowed_ips"], json!(["10.244.2.0/24"]));
+    assert_eq!(
+        mesh["peers"]["n3"]["endpoint"],
+        json!({"host": {"Ip": "192.0.2.3"}, "port": 51820})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_joining_leaving_and_misbehaving_change_everyone_s_mesh() {
+    let server = TestApiServer::start(&[]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for i in 1..=2 {
+        create_node(
+            &nodes,
+            &node(
+                &format!("n{i}"),
+                &format!("192.0.2.{i}"),
+                &format!("10.244.{i}.0/24"),
+            ),
+        )
+        .await;
+    }
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
+        .collect();
+    agents[0].wait_for_peers(&["n2"], WAIT);
+    agents[1].wait_for_peers(&["n1"], WAIT);
+
+    // A node that joins with its annotations already published (as its own agent would
+    // do) is in everyone's desired state within a second.
+    let mut joiner = node("n4", "192.0.2.4", "10.244.4.0/24");
+    let key4 = PrivateKey::generate().unwrap().public_key();
+    joiner.metadata.annotations = Some(BTreeMap::from([
+        ("wgmesh.io/public-key".to_string(), key4.to_base64()),
+        (
+            "wgmesh.io/endpoint".to_string(),
+            "192.0.2.4:51820".to_string(),
+        ),
+        (
+            "wgmesh.io/pod-cidrs".to_string(),
+            "10.244.4.0/24".to_string(),
+        ),
+    ]));
+    let start = Instant::now();
+    create_node(&nodes, &joiner).await;
+    agents[0].wait_for_peers(&["n2", "n4"], Duration::from_secs(1));
+    agents[1].wait_for_peers(&["n1", "n4"], Duration::from_secs(1));
+    eprintln!(
+        "n4 reached both agents' desired state {:?} after creation",
+        start.elapsed()
+    );
+
+    // Garbage annotations: skipped with an Event; the rest of the mesh is unaffected.
+    let mut bad = node("bad", "192.0.2.9", "10.244.9.0/24");
+    bad.metadata.annotations = Some(BTreeMap::from([
+        (
+            "wgmesh.io/public-key".to_string(),
+            "this is not a key".to_string(),
+        ),
+        ("wgmesh.io/endpoint".to_string(), "192.0.2.9".to_string()),
+    ]));
+    create_node(&nodes, &bad).await;
+    let events: Api<Event> = Api::all(client.clone());
+    let event = eventually(WAIT, "an Event about node bad", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.involved_object.name.as_deref() == Some("bad"))
+    })
+    .await;
+    assert_eq!(event.involved_object.kind.as_deref(), Some("Node"));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reason.as_deref(), Some("InvalidPublicKey"));
+    let message = event.message.unwrap_or_default();
+    assert!(
+        message.contains("wgmesh.io/public-key") && message.contains("has no port"),
+        "{message}"
+    );
+    assert!(agents.iter().all(|a| a.proc.is_some()));
+    for a in &agents {
+        a.wait_for_peers(&[if a.name == "n1" { "n2" } else { "n1" }, "n4"], WAIT);
+    }
+    // kubectl sees the same Event.
+    let kubectl_events = server.kubectl_ok(&["get", "events", "-A", "-o", "json"]);
+    assert!(
+        kubectl_events.contains("InvalidPublicKey"),
+        "{kubectl_events}"
+    );
+
+    // The bad node fixes itself: it joins.
+    let fixed = json!({"metadata": {"annotations": {
+        "wgmesh.io/public-key": PrivateKey::generate().unwrap().public_key().to_base64(),
+        "wgmesh.io/endpoint": "192.0.2.9:51820"}}});
+    nodes
+        .patch("bad", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .unwrap();
+    agents[0].wait_for_peers(&["bad", "n2", "n4"], WAIT);
+
+    // A deleted node disappears from every peer list.
+    nodes.delete("n4", &DeleteParams::default()).await.unwrap();
+    agents[0].wait_for_peers(&["bad", "n2"], WAIT);
+    agents[1].wait_for_peers(&["bad", "n1"], WAIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_keeps_its_identity_and_a_bad_key_file_stops_it_with_a_reason() {
+    let server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    create_node(&nodes, &node("n1", "192.0.2.1", "10.244.1.0/24")).await;
+    let mut agent = Agent::start(&server, "n1", &[]);
+    let published = eventually(WAIT, "the public key annotation", || async {
+        annotations(&nodes, "n1")
+            .await
+            .get("wgmesh.io/public-key")
+            .cloned()
+    })
+    .await;
+    agent.stop();
+    agent.spawn(&server, &[]);
+    wgmesh_testkit::wait_until(WAIT, "the restarted agent to apply its saved mesh", || {
+        agent.log().contains("applied the saved mesh").then_some(())
+    });
+    let starts: Vec<String> = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("starting"))
+        .map(String::from)
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(
+        starts.iter().all(|l| l.contains(&published)),
+        "both runs announce the same public key: {starts:?}"
+    );
+    assert_eq!(
+        private_key_of(&agent).public_key().to_base64(),
+        published,
+        "same key after restart"
+    );
+    agent.stop();
+
+    // A key file readable by others is refused, not replaced.
+    let key_path = agent.state_dir().join("private.key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    agent.spawn(&server, &[]);
+    let status = wgmesh_testkit::wait_until(WAIT, "the agent to refuse the key", || {
+        agent
+            .proc
+            .as_mut()
+            .and_then(|p| p.child.try_wait().ok().flatten())
+    });
+    assert!(!status.success());
+    assert!(agent.log().contains("mode 0644"), "{}", agent.log());
+    assert_eq!(
+        annotations(&nodes, "n1").await["wgmesh.io/public-key"],
+        published,
+        "identity unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reconnect_after_the_api_server_restarts_and_see_what_changed() {
+    let mut server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    for i in 1..=2 {
+        create_node(
+            &nodes,
+            &node(
+                &format!("n{i}"),
+                &format!("192.0.2.{i}"),
+                &format!("10.244.{i}.0/24"),
+            ),
+        )
+        .await;
+    }
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
+        .collect();
+    agents[0].wait_for_peers(&["n2"], WAIT);
+
+    // The restarted server keeps objects but not its watch history: the agents' watches
+    // resume from a resourceVersion it no longer knows, get 410 Gone and relist.
+    server.restart();
+    let nodes: Api<Node> = Api::all(server.client().await);
+    let mut n3 = node("n3", "192.0.2.3", "10.244.3.0/24");
+    n3.metadata.annotations = Some(BTreeMap::from([
+        (
+            "wgmesh.io/public-key".to_string(),
+            PrivateKey::generate().unwrap().public_key().to_base64(),
+        ),
+        (
+            "wgmesh.io/endpoint".to_string(),
+            "192.0.2.3:51820".to_string(),
+        ),
+    ]));
+    create_node(&nodes, &n3).await;
+    agents[0].wait_for_peers(&["n2", "n3"], WAIT);
+    agents[1].wait_for_peers(&["n1", "n3"], WAIT);
+}

@@ -1,0 +1,175 @@
+//! A running `test-apiserver` (the workspace's stand-in for kube-apiserver) for tests:
+//! a free port, a unique data directory, readiness awaited, killed (that pid only) on
+//! drop. Stop and restart keep the data directory, so the same objects and credentials
+//! come back.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{Proc, workspace_bin};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct TestApiServer {
+    /// Holds `data/` (the server's DIR), the server logs and kubectl's HOME.
+    pub root: tempfile::TempDir,
+    proc: Option<Proc>,
+    /// `https://IP:PORT` as the server announced it.
+    pub url: String,
+    listen_ip: String,
+    extra_args: Vec<String>,
+    generation: u32,
+}
+
+impl TestApiServer {
+    /// Starts a server on 127.0.0.1 (a free port) with `extra_args`.
+    pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1", extra_args)
+    }
+
+    /// Starts a server listening on `ip` (a free port) with `extra_args`.
+    pub fn start_on(ip: &str, extra_args: &[&str]) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("test-apiserver-")
+            .tempdir()
+            .expect("tempdir");
+        let mut s = TestApiServer {
+            root,
+            proc: None,
+            url: String::new(),
+            listen_ip: ip.to_string(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            generation: 0,
+        };
+        s.spawn(0);
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir().join("kubeconfig")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root
+            .path()
+            .join(format!("server-{}.log", self.generation))
+    }
+
+    /// The current server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in url")
+    }
+
+    fn spawn(&mut self, port: u16) {
+        self.generation += 1;
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut cmd = Command::new(workspace_bin("test-apiserver"));
+        cmd.arg("--listen")
+            .arg(format!("{}:{port}", self.listen_ip))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut proc = Proc::spawn(cmd, "test-apiserver");
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
+        self.proc = Some(proc);
+        match line.trim().strip_prefix("ready ") {
+            Some(url) => self.url = url.to_string(),
+            None => panic!(
+                "no readiness line from test-apiserver (got {line:?}); log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// Stops the server (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let Some(mut proc) = self.proc.take() else {
+            return;
+        };
+        proc.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "test-apiserver did not exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            status.success(),
+            "test-apiserver exited with {status}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts the server again with the same data directory and port.
+    pub fn restart(&mut self) {
+        let port = self.port();
+        self.stop();
+        self.spawn(port);
+    }
+
+    /// A kube-rs client from the kubeconfig the server wrote.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig parses");
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("kube config");
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// Runs kubectl against this server (isolated HOME: no shared discovery cache).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.root.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns stdout; panics with its output when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
