@@ -1,0 +1,1 @@
+//! Placeholder: the multi-node testbed (issue #5) is being built.
