@@ -2,6 +2,8 @@
 //! creates and is idempotent: run it again and it changes nothing.
 
 pub mod bridge;
+pub mod firewall;
+pub mod routes;
 
 use std::future::Future;
 

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 pub use advertise::{Advertisement, advertise};
 pub use node::{ParsedNode, parse};
-pub use plan::{LocalPlan, MeshPlan, PeerPlan, RoutePlan, plan};
+pub use plan::{FirewallPlan, LocalPlan, MeshPlan, PeerPlan, RoutePlan, plan};
 pub use problem::{Problem, Warning};
 
 use crate::cni::{NetworkConfig, PodSubnets};

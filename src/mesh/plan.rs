@@ -37,6 +37,21 @@ pub struct RoutePlan {
     pub node: String,
 }
 
+/// The node's packet filter and egress NAT.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallPlan {
+    /// Pod destinations that may leave only through `allowed_interfaces`: the cluster
+    /// CIDRs, or every known pod CIDR when none are configured.
+    pub guarded: BTreeSet<IpNet>,
+    /// The mesh interface, the pod bridge and loopback.
+    pub allowed_interfaces: BTreeSet<String>,
+    /// The local pod CIDRs, masqueraded to the node's address towards anything outside
+    /// `guarded` (the internet, other nodes' underlay addresses).
+    pub masquerade_from: BTreeSet<IpNet>,
+    /// The bridge: traffic staying on it is never masqueraded.
+    pub bridge: String,
+}
+
 /// The local node's part of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPlan {
@@ -54,6 +69,11 @@ pub struct MeshPlan {
     /// One peer per other usable node, by node name.
     pub peers: BTreeMap<String, PeerPlan>,
     pub routes: BTreeSet<RoutePlan>,
+    /// An unreachable route for each cluster CIDR, under the more specific routes: pod
+    /// traffic with no route through the mesh is dropped here, never sent on the
+    /// underlay.
+    pub unreachable: BTreeSet<IpNet>,
+    pub firewall: FirewallPlan,
     /// Nodes left out, and why.
     #[serde(skip)]
     pub rejected: BTreeMap<String, Vec<Problem>>,
@@ -166,5 +186,32 @@ pub fn plan<'a>(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+    out.unreachable = cfg.cluster_cidrs.iter().copied().collect();
+    out.firewall = firewall(&out, cfg);
     out
+}
+
+fn firewall(plan: &MeshPlan, cfg: &MeshConfig) -> FirewallPlan {
+    let local_nets: Vec<IpNet> = plan
+        .local
+        .iter()
+        .flat_map(|l| l.pod_subnets.nets())
+        .collect();
+    let guarded = if cfg.cluster_cidrs.is_empty() {
+        plan.peers
+            .values()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .chain(local_nets.iter().copied())
+            .collect()
+    } else {
+        cfg.cluster_cidrs.iter().copied().collect()
+    };
+    FirewallPlan {
+        guarded,
+        allowed_interfaces: [cfg.interface.clone(), cfg.bridge.clone(), "lo".to_string()]
+            .into_iter()
+            .collect(),
+        masquerade_from: local_nets.into_iter().collect(),
+        bridge: cfg.bridge.clone(),
+    }
 }

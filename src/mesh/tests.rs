@@ -110,6 +110,34 @@ fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
     assert_eq!(cni.subnets.v4.to_string(), "10.244.1.0/24");
     assert_eq!((cni.bridge.as_str(), cni.mtu), ("wgmesh-br", 1420));
     assert!(p.rejected.is_empty() && p.warnings.is_empty());
+    let nets = |v: &[&str]| {
+        v.iter()
+            .map(|s| s.parse::<IpNet>().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(p.unreachable, nets(&["10.244.0.0/16", "fd00:10:244::/48"]));
+    assert_eq!(p.firewall.guarded, p.unreachable);
+    assert_eq!(p.firewall.masquerade_from, nets(&["10.244.1.0/24"]));
+    let ifaces: Vec<&str> = p
+        .firewall
+        .allowed_interfaces
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ifaces, ["lo", "wgmesh-br", "wgmesh0"]);
+}
+
+#[test]
+fn without_cluster_cidrs_every_known_pod_cidr_is_guarded_and_nothing_is_unreachable() {
+    let cfg = MeshConfig::default();
+    let parsed: Vec<ParsedNode> = [node("a", 1), node("b", 2), node("c", 3)]
+        .iter()
+        .map(|v| parse(v, &cfg))
+        .collect();
+    let p = plan("a", Some(&key(1)), &parsed, &cfg);
+    let guarded: Vec<String> = p.firewall.guarded.iter().map(ToString::to_string).collect();
+    assert_eq!(guarded, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
+    assert!(p.unreachable.is_empty());
 }
 
 #[test]
