@@ -145,7 +145,8 @@ fn mesh_routes_are_reconciled_and_repaired_and_foreign_routes_are_left_alone() {
 struct Underlay {
     node: TestNs,
     pod: TestNs,
-    outside: TestNs,
+    /// Kept alive for the test: dropping it deletes the namespace.
+    _outside: TestNs,
 }
 
 fn underlay() -> Underlay {
@@ -207,7 +208,11 @@ fn underlay() -> Underlay {
     pod.ip(["link", "set", &pb, "up"]);
     pod.ip(["route", "add", "default", "via", "10.244.1.1"]);
     node.exec("sysctl", ["-qw", "net.ipv4.ip_forward=1"]);
-    Underlay { node, pod, outside }
+    Underlay {
+        node,
+        pod,
+        _outside: outside,
+    }
 }
 
 fn firewall_plan() -> FirewallPlan {
