@@ -16,6 +16,7 @@ use serde_json::json;
 use support::{Agent, WAIT, create_node, node};
 use wgmesh::key::{PrivateKey, PublicKey};
 use wgmesh_testkit::apiserver::TestApiServer;
+use wgmesh_testkit::eventually;
 
 fn private_key_of(agent: &Agent) -> PrivateKey {
     let text = std::fs::read_to_string(agent.state_dir().join("private.key")).expect("key file");
@@ -31,25 +32,6 @@ async fn annotations(api: &Api<Node>, name: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
         .into_iter()
         .collect()
-}
-
-/// Polls an async condition until it holds or `timeout` passes.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

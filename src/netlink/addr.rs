@@ -43,6 +43,24 @@ impl Netlink {
         }
     }
 
+    /// The link that holds address `ip`, if any (e.g. the node's underlay interface).
+    pub async fn link_with_address(&self, ip: IpAddr) -> Result<Option<super::Link>> {
+        let mut msgs = self
+            .handle()
+            .address()
+            .get()
+            .set_address_filter(ip)
+            .execute();
+        match msgs
+            .try_next()
+            .await
+            .map_err(nl_err("find address", ip.to_string()))?
+        {
+            Some(msg) => self.link_by_index(msg.header.index).await,
+            None => Ok(None),
+        }
+    }
+
     /// Removes `addr` from a link; `Ok(false)` when it was not there.
     pub async fn delete_address(&self, index: u32, addr: IpNet) -> Result<bool> {
         let mut msgs = self

@@ -67,6 +67,23 @@ impl TestApiServer {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The bearer token clients present.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("token")).expect("token file")
+    }
+
+    /// `IP:PORT` of the running server.
+    pub fn address(&self) -> String {
+        self.url.trim_start_matches("https://").to_string()
+    }
+
+    /// Writes a file into the test's temporary directory and returns its path.
+    pub fn write_file(&self, name: &str, content: &str) -> String {
+        let p = self.root.path().join(name);
+        std::fs::write(&p, content).expect("write file");
+        p.to_string_lossy().into_owned()
+    }
+
     pub fn port(&self) -> u16 {
         self.url
             .rsplit(':')
@@ -141,12 +158,15 @@ impl TestApiServer {
 
     /// A kube-rs client from the kubeconfig the server wrote.
     pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).expect("client")
+    }
+
+    /// The kube-rs configuration from the kubeconfig the server wrote.
+    pub async fn config(&self) -> kube::Config {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig parses");
-        let config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .expect("kube config");
-        kube::Client::try_from(config).expect("client")
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kube config")
     }
 
     /// Runs kubectl against this server (isolated HOME: no shared discovery cache).

@@ -1,0 +1,228 @@
+//! Small helpers over `metadata` of generic (`serde_json::Value`) objects: accessors,
+//! uids, timestamps and name validation.
+
+use serde_json::{Map, Value};
+
+/// `metadata.name` (empty when absent).
+pub fn name(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// `metadata.namespace` (empty when absent).
+pub fn namespace(obj: &Value) -> &str {
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// `metadata.resourceVersion` (empty when absent).
+pub fn resource_version(obj: &Value) -> &str {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+pub fn uid(obj: &Value) -> &str {
+    obj.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// `metadata` as a mutable map, created (and replacing a non-object) when needed.
+pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = Value::Object(Map::new());
+    }
+    let root = match obj.as_object_mut() {
+        Some(m) => m,
+        None => unreachable!("just made an object"),
+    };
+    let meta = root
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    match meta.as_object_mut() {
+        Some(m) => m,
+        None => unreachable!("just made an object"),
+    }
+}
+
+/// `metadata.labels` as string pairs (non-string values are ignored).
+pub fn labels(obj: &Value) -> impl Iterator<Item = (&str, &str)> {
+    obj.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+        })
+}
+
+/// `metadata.finalizers` is non-empty.
+pub fn has_finalizers(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+pub fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+}
+
+/// A random RFC 4122 version-4 UUID, as kube-apiserver puts in `metadata.uid`.
+pub fn new_uid() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Random bytes from the OS; falls back to time-derived bytes only if the OS RNG fails,
+/// which is acceptable for uids and name suffixes (never used for secrets).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = (nanos >> ((i % 16) * 8)) as u8 ^ (i as u8);
+        }
+    }
+    b
+}
+
+/// The 5-character suffix `generateName` appends (kube uses consonants and digits).
+pub fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    random_bytes::<5>()
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Now as a metav1.Time (RFC 3339, whole seconds, UTC).
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Now as a metav1.MicroTime (RFC 3339, microseconds, UTC).
+pub fn now_micro() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// Parses an RFC 3339 timestamp (Time or MicroTime) into seconds since the epoch.
+pub fn parse_time(s: &str) -> Option<i64> {
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+/// Checks a DNS-1123 subdomain (the rule for most object names): lowercase alphanumerics,
+/// '-' and '.', starting and ending alphanumeric, at most 253 characters.
+pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {
+    const MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+    if name.is_empty() || name.len() > 253 {
+        return Err(if name.is_empty() {
+            "name or generateName is required".into()
+        } else {
+            "must be no more than 253 characters".into()
+        });
+    }
+    let ok = name.split('.').all(|label| {
+        let b = label.as_bytes();
+        !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    });
+    if ok { Ok(()) } else { Err(MSG.into()) }
+}
+
+/// Checks a DNS-1123 label (namespace names): a subdomain without dots, at most 63 chars.
+pub fn validate_dns_label(name: &str) -> Result<(), String> {
+    if name.contains('.') || name.len() > 63 {
+        return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character".into());
+    }
+    validate_dns_subdomain(name)
+}
+
+/// Checks a name usable as a URL path segment (the rule for Events).
+pub fn validate_path_segment(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name or generateName is required".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("may not be '{name}'"));
+    }
+    if name.contains('/') || name.contains('%') {
+        return Err("may not contain '/' or '%'".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn uids_look_like_v4_uuids_and_differ() {
+        let a = new_uid();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, new_uid());
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = now_rfc3339();
+        assert!(t.ends_with('Z') && t.len() == 20, "{t}");
+        assert!(parse_time(&t).is_some());
+        let m = now_micro();
+        assert_eq!(m.len(), 27, "{m}");
+        assert!(parse_time(&m).is_some());
+    }
+
+    #[test]
+    fn name_validation() {
+        for ok in ["a", "node-1", "a.b.c", "peers.wgmesh.io", "0"] {
+            assert!(validate_dns_subdomain(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "-a", "a-", "a..b", "a_b", "a/b"] {
+            assert!(validate_dns_subdomain(bad).is_err(), "{bad}");
+        }
+        assert!(validate_dns_label("kube-system").is_ok());
+        assert!(validate_dns_label("a.b").is_err());
+        assert!(validate_path_segment("n1.17f0a").is_ok());
+        assert!(validate_path_segment("a/b").is_err());
+    }
+
+    #[test]
+    fn accessors_tolerate_missing_fields() {
+        let o = json!({"metadata": {"name": "n", "labels": {"a": "b", "n": 1}}});
+        assert_eq!(name(&o), "n");
+        assert_eq!(namespace(&o), "");
+        assert_eq!(labels(&o).collect::<Vec<_>>(), vec![("a", "b")]);
+        let mut v = json!(3);
+        metadata_mut(&mut v).insert("name".into(), json!("x"));
+        assert_eq!(name(&v), "x");
+    }
+}
