@@ -3,7 +3,7 @@
 //! killed by pid on drop), and fixtures of this crate's tests.
 
 // Each test binary uses a different subset of the harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
