@@ -94,7 +94,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Op
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -157,7 +160,9 @@ impl TestNs {
 
     /// True when `ping -c1 -W1 addr` from inside the namespace gets an answer.
     pub fn ping(&self, addr: &str) -> bool {
-        self.exec("ping", ["-c", "1", "-W", "1", addr]).status.success()
+        self.exec("ping", ["-c", "1", "-W", "1", addr])
+            .status
+            .success()
     }
 }
 
@@ -202,8 +207,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut cmd: Command, what: &str) -> Self {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Proc { child, what: what.to_string() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            child,
+            what: what.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
