@@ -9,18 +9,27 @@
 //! - [`peer`], [`drops`], [`error`]: data types.
 //!
 //! I/O adapters, thin: [`tun`] (the TUN interface), [`udp`] (the sockets), [`device`] (the
-//! configuration API and threads), `dataplane` (the packet loops), [`uapi_server`] (the
+//! configuration API and threads), `dataplane` (the packet loops), `uapi_server` (the
 //! unix socket) and [`daemon`] (the `wgmesh-wg` process contract).
 
 pub mod allowed_ips;
 pub mod config;
+pub mod daemon;
+mod dataplane;
+pub mod device;
 pub mod drops;
 pub mod error;
 pub mod peer;
+mod sys;
+pub mod tun;
 pub mod tunnel;
 pub mod uapi;
+mod uapi_server;
+pub mod udp;
 
 pub use config::{ConfigUpdate, DeviceStatus, PeerUpdate};
+pub use dataplane::CloseReason;
+pub use device::{Closer, DEFAULT_MTU, Device, DeviceConfig, UAPI_DIR};
 pub use drops::{DropCounters, DropReason};
 pub use error::{DeviceError, TunError, UapiError};
 pub use peer::{PeerConfig, PeerStats, PeerStatus, PresharedKey};

@@ -39,7 +39,6 @@ pub const MAX_PACKET: usize = 65536 + DATA_OVERHEAD;
 /// This device's static key as boringtun wants it, with the rate limiter shared by all
 /// peers (it is keyed by our public key, so it changes with the private key).
 pub struct Identity {
-    pub(crate) private_key: PrivateKey,
     pub(crate) public_key: PublicKey,
     pub(crate) secret: x25519::StaticSecret,
     pub(crate) public: x25519::PublicKey,
@@ -51,7 +50,6 @@ impl Identity {
         let secret = private_key.to_static_secret();
         let public = x25519::PublicKey::from(&secret);
         Identity {
-            private_key: private_key.clone(),
             public_key: PublicKey::from_bytes(public.to_bytes()),
             secret,
             public,

@@ -24,6 +24,9 @@ fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The inner packet delivered (if any) or the drop reason, and the replies sent.
+type Received = (Result<Option<Vec<u8>>, DropReason>, Vec<Vec<u8>>);
+
 struct Side {
     tunnel: Tunnel,
     identity: Identity,
@@ -57,11 +60,7 @@ impl Side {
     }
 
     /// Delivers `datagram` from `from`; returns the inner packet (if any) and the replies.
-    fn receive(
-        &mut self,
-        from: &str,
-        datagram: &[u8],
-    ) -> (Result<Option<Vec<u8>>, DropReason>, Vec<Vec<u8>>) {
+    fn receive(&mut self, from: &str, datagram: &[u8]) -> Received {
         self.outbox.clear();
         let result =
             match self

@@ -1,0 +1,544 @@
+//! A WireGuard device: TUN interface, UDP sockets, packet threads, and the in-process
+//! configuration API the agent drives (the UAPI server drives the same API). Adapter.
+//!
+//! Threads: one per TUN queue (`available_parallelism` queues by default) running
+//! TUN → encrypt → UDP, one per UDP socket (IPv4, IPv6) running UDP → decrypt → TUN, and
+//! one for the timers. Plain OS threads, not async: each packet runs to completion on the
+//! thread that read it, with reused buffers and no hand-off, which is the cheapest path
+//! on a small machine and the shape recvmmsg/sendmmsg and offloads will batch later.
+//!
+//! Locks: configuration changes serialize on one control mutex, which the packet threads
+//! never take; they publish an immutable snapshot the threads pick up. A peer's tunnel
+//! mutex is the only lock a packet takes, never held across a syscall.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::config::{ConfigUpdate, DeviceStatus, Model, PeerUpdate};
+use super::dataplane::{self, CloseReason, Peer, Shared, Snapshot};
+use super::drops::DropCounters;
+use super::error::DeviceError;
+use super::peer::{PeerConfig, PeerStats, PeerStatus};
+use super::sys::{Stop, lock};
+use super::tun::Tun;
+use super::tunnel::{Identity, Outbox, Tunnel};
+use super::uapi_server::UapiServer;
+use super::udp::UdpSockets;
+use crate::key::{PrivateKey, PublicKey};
+
+/// The MTU a new interface gets, as wireguard-go: 1500 minus the WireGuard, UDP and IPv6
+/// overheads.
+pub const DEFAULT_MTU: u32 = 1420;
+
+/// How to start a device.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The TUN interface to create (1-15 bytes).
+    pub name: String,
+    /// 0 picks a free port; [`Device::listen_port`] tells which.
+    pub listen_port: u16,
+    pub private_key: Option<PrivateKey>,
+    /// SO_MARK of the UDP sockets; 0 = off.
+    pub fwmark: u32,
+    pub mtu: u32,
+    /// TUN queues and their threads; 0 = the machine's available parallelism.
+    pub queues: usize,
+}
+
+impl DeviceConfig {
+    pub fn new(name: impl Into<String>) -> Self {
+        DeviceConfig {
+            name: name.into(),
+            listen_port: 0,
+            private_key: None,
+            fwmark: 0,
+            mtu: DEFAULT_MTU,
+            queues: 0,
+        }
+    }
+}
+
+/// A running device. Dropping it stops every thread and removes its UAPI socket; the
+/// interface goes away with the last queue.
+pub struct Device {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+    uapi: Mutex<Option<UapiServer>>,
+}
+
+/// What the UAPI server shares with the device.
+pub(crate) struct Inner {
+    pub shared: Arc<Shared>,
+    control: Mutex<Control>,
+}
+
+struct Control {
+    model: Model,
+    peers: HashMap<PublicKey, Arc<Peer>>,
+    indices: HashSet<u32>,
+    identity: Option<Arc<Identity>>,
+    sockets: Arc<UdpSockets>,
+    /// Receive threads, current and retired (they exit once their sockets are closed).
+    receivers: Vec<JoinHandle<()>>,
+}
+
+impl Device {
+    /// Creates the interface, binds the port and starts the threads.
+    pub fn start(config: DeviceConfig) -> Result<Device, DeviceError> {
+        let queues = match config.queues {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let tun = Tun::create(&config.name, queues)?;
+        tun.set_mtu(config.mtu)?;
+        let sockets = Arc::new(UdpSockets::bind(config.listen_port, config.fwmark)?);
+        let stop = Stop::new().map_err(|source| DeviceError::Io {
+            op: "eventfd",
+            source,
+        })?;
+        let mut control = Control {
+            model: Model {
+                listen_port: sockets.port(),
+                ..Model::default()
+            },
+            peers: HashMap::new(),
+            indices: HashSet::new(),
+            identity: None,
+            sockets: Arc::clone(&sockets),
+            receivers: Vec::new(),
+        };
+        control.model.fwmark = config.fwmark;
+        let shared = Arc::new(Shared::new(tun, stop, control.snapshot()));
+        let mut device = Device {
+            inner: Arc::new(Inner {
+                shared: Arc::clone(&shared),
+                control: Mutex::new(control),
+            }),
+            threads: Vec::new(),
+            uapi: Mutex::new(None),
+        };
+        // From here on, dropping `device` on an error stops what was started.
+        {
+            let mut ctl = lock(&device.inner.control);
+            ctl.receivers = spawn_receivers(&shared, &sockets)?;
+        }
+        for q in 0..queues {
+            let s = Arc::clone(&shared);
+            device
+                .threads
+                .push(spawn("wg-tun", move || dataplane::tun_loop(s, q))?);
+        }
+        let s = Arc::clone(&shared);
+        device
+            .threads
+            .push(spawn("wg-timers", move || dataplane::timer_loop(s))?);
+        if let Some(key) = config.private_key {
+            device.set_private_key(Some(key))?;
+        }
+        tracing::info!(
+            device = device.name(),
+            port = device.listen_port(),
+            queues,
+            "device started"
+        );
+        Ok(device)
+    }
+
+    pub fn name(&self) -> &str {
+        self.inner.shared.tun.name()
+    }
+
+    /// The interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.inner.shared.tun.index()
+    }
+
+    /// The bound UDP port.
+    pub fn listen_port(&self) -> u16 {
+        lock(&self.inner.control).sockets.port()
+    }
+
+    pub fn public_key(&self) -> Option<PublicKey> {
+        lock(&self.inner.control).model.public_key()
+    }
+
+    /// Sets (or with `None` removes) the private key. Sessions restart; peers stay.
+    pub fn set_private_key(&self, key: Option<PrivateKey>) -> Result<(), DeviceError> {
+        self.apply(&ConfigUpdate {
+            private_key: Some(key),
+            ..ConfigUpdate::default()
+        })
+    }
+
+    /// Rebinds to `port` (0 = any free port) and returns the bound port. Fails, changing
+    /// nothing, if the port is in use.
+    pub fn set_listen_port(&self, port: u16) -> Result<u16, DeviceError> {
+        self.apply(&ConfigUpdate {
+            listen_port: Some(port),
+            ..ConfigUpdate::default()
+        })?;
+        Ok(self.listen_port())
+    }
+
+    /// Sets the sockets' SO_MARK; 0 = off.
+    pub fn set_fwmark(&self, mark: u32) -> Result<(), DeviceError> {
+        self.apply(&ConfigUpdate {
+            fwmark: Some(mark),
+            ..ConfigUpdate::default()
+        })
+    }
+
+    /// Adds the peer, or updates it in place to exactly `config`: an endpoint or allowed
+    /// IPs change keeps the session; so does an unchanged preshared key.
+    pub fn set_peer(&self, config: PeerConfig) -> Result<(), DeviceError> {
+        self.check_not_own(&config.public_key)?;
+        self.apply(&ConfigUpdate {
+            peers: vec![PeerUpdate::from_config(config)],
+            ..ConfigUpdate::default()
+        })
+    }
+
+    /// Like [`Device::set_peer`] but only for an existing peer; false if there is none.
+    pub fn update_peer(&self, config: PeerConfig) -> Result<bool, DeviceError> {
+        let key = config.public_key;
+        let update = PeerUpdate {
+            update_only: true,
+            ..PeerUpdate::from_config(config)
+        };
+        self.apply(&ConfigUpdate {
+            peers: vec![update],
+            ..ConfigUpdate::default()
+        })?;
+        Ok(lock(&self.inner.control).peers.contains_key(&key))
+    }
+
+    /// Removes the peer; false if there was none.
+    pub fn remove_peer(&self, key: &PublicKey) -> Result<bool, DeviceError> {
+        let existed = lock(&self.inner.control).peers.contains_key(key);
+        self.apply(&ConfigUpdate {
+            peers: vec![PeerUpdate::remove(*key)],
+            ..ConfigUpdate::default()
+        })?;
+        Ok(existed)
+    }
+
+    /// Makes the peer set exactly `peers`, in one step. Peers that stay keep their
+    /// sessions (like `wg syncconf`, unlike UAPI `replace_peers`).
+    pub fn replace_peers(&self, peers: Vec<PeerConfig>) -> Result<(), DeviceError> {
+        for p in &peers {
+            self.check_not_own(&p.public_key)?;
+        }
+        let keep: HashSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
+        let mut updates: Vec<PeerUpdate> = lock(&self.inner.control)
+            .peers
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .map(|k| PeerUpdate::remove(*k))
+            .collect();
+        updates.extend(peers.into_iter().map(PeerUpdate::from_config));
+        self.apply(&ConfigUpdate {
+            peers: updates,
+            ..ConfigUpdate::default()
+        })
+    }
+
+    /// Applies a whole transaction atomically (what a UAPI `set=1` does).
+    pub fn apply(&self, update: &ConfigUpdate) -> Result<(), DeviceError> {
+        self.inner.apply(update)
+    }
+
+    /// Configuration and counters of every peer, as `wg show` reports them.
+    pub fn status(&self) -> DeviceStatus {
+        self.inner.status()
+    }
+
+    pub fn peer(&self, key: &PublicKey) -> Option<PeerStatus> {
+        self.status()
+            .peers
+            .into_iter()
+            .find(|p| &p.config.public_key == key)
+    }
+
+    /// One peer's counters, without building the whole status.
+    pub fn peer_stats(&self, key: &PublicKey) -> Option<PeerStats> {
+        let peer = lock(&self.inner.control).peers.get(key).cloned()?;
+        let stats = lock(&peer.tunnel).stats();
+        Some(stats)
+    }
+
+    /// Packets dropped, by reason, since start.
+    pub fn drops(&self) -> &DropCounters {
+        &self.inner.shared.drops
+    }
+
+    /// Serves the wg(8) UAPI on `<dir>/<name>.sock` (dir created 0755, socket 0600) and
+    /// returns the socket path; `wg` looks in [`UAPI_DIR`]. With `close_if_removed`, the
+    /// device closes when the socket file is deleted (the xplatform contract).
+    pub fn serve_uapi(&self, dir: &Path, close_if_removed: bool) -> Result<PathBuf, DeviceError> {
+        let server = UapiServer::start(Arc::clone(&self.inner), dir, close_if_removed)?;
+        let path = server.path().to_path_buf();
+        *lock(&self.uapi) = Some(server);
+        Ok(path)
+    }
+
+    /// Asks the device to stop; [`Device::wait`] returns.
+    pub fn close(&self) {
+        self.inner.shared.close(CloseReason::Requested);
+    }
+
+    /// A handle that can close the device from another thread (e.g. a signal handler).
+    pub fn closer(&self) -> Closer {
+        Closer(Arc::clone(&self.inner.shared))
+    }
+
+    /// Blocks until the device stops: closed, interface deleted, or UAPI socket deleted.
+    pub fn wait(&self) -> CloseReason {
+        self.inner
+            .shared
+            .wait_closed(None)
+            .unwrap_or(CloseReason::Requested)
+    }
+
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<CloseReason> {
+        self.inner.shared.wait_closed(Some(timeout))
+    }
+
+    fn check_not_own(&self, key: &PublicKey) -> Result<(), DeviceError> {
+        if self.public_key().as_ref() == Some(key) {
+            return Err(DeviceError::OwnPublicKey(key.short()));
+        }
+        Ok(())
+    }
+}
+
+/// Closes a device from anywhere; see [`Device::closer`].
+#[derive(Clone)]
+pub struct Closer(Arc<Shared>);
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.close(CloseReason::Requested);
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.inner.shared.close(CloseReason::Requested);
+        // The UAPI server goes first so the socket disappears before the interface.
+        drop(lock(&self.uapi).take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let receivers = std::mem::take(&mut lock(&self.inner.control).receivers);
+        for t in receivers {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn apply(&self, update: &ConfigUpdate) -> Result<(), DeviceError> {
+        let mut ctl = lock(&self.control);
+        let mut model = ctl.model.clone();
+        let ch = model.apply(update);
+
+        // I/O that can fail comes first, so a failure leaves everything as it was.
+        let rebind = ch
+            .listen_port
+            .filter(|p| *p == 0 || *p != ctl.sockets.port());
+        let new_sockets = match rebind {
+            Some(port) => Some(Arc::new(UdpSockets::bind(port, model.fwmark)?)),
+            None => {
+                if let Some(mark) = ch.fwmark {
+                    ctl.sockets.set_fwmark(mark)?;
+                }
+                None
+            }
+        };
+        let mut retired = None;
+        if let Some(sockets) = new_sockets {
+            let receivers = spawn_receivers(&self.shared, &sockets)?;
+            ctl.receivers.extend(receivers);
+            model.listen_port = sockets.port();
+            retired = Some(std::mem::replace(&mut ctl.sockets, sockets));
+        }
+
+        // Commit.
+        let now = Instant::now();
+        if ch.private_key {
+            ctl.identity = model
+                .private_key
+                .as_ref()
+                .map(|k| Arc::new(Identity::new(k)));
+        }
+        for key in &ch.removed {
+            if let Some(p) = ctl.peers.remove(key) {
+                ctl.indices.remove(&p.index);
+                tracing::debug!(peer = %key.short(), "peer removed");
+            }
+        }
+        let identity = ctl.identity.clone();
+        for (key, pm) in &model.peers {
+            match ctl.peers.get(key) {
+                Some(peer) => {
+                    let mut t = lock(&peer.tunnel);
+                    if ch.private_key {
+                        t.set_identity(identity.as_deref());
+                    }
+                    t.set_preshared_key(identity.as_deref(), pm.preshared_key.clone());
+                    if t.persistent_keepalive() != pm.persistent_keepalive {
+                        t.set_persistent_keepalive(pm.persistent_keepalive, now);
+                    }
+                }
+                None => {
+                    let index = ctl.new_index();
+                    let mut t = Tunnel::new(
+                        identity.as_deref(),
+                        *key,
+                        pm.preshared_key.clone(),
+                        index,
+                        now,
+                    );
+                    t.set_persistent_keepalive(pm.persistent_keepalive, now);
+                    let peer = Arc::new(Peer {
+                        key: *key,
+                        index,
+                        tunnel: Mutex::new(t),
+                    });
+                    ctl.peers.insert(*key, peer);
+                    tracing::debug!(peer = %key.short(), index, "peer added");
+                }
+            }
+        }
+        for (key, endpoint) in &ch.endpoints {
+            if let Some(peer) = ctl.peers.get(key) {
+                lock(&peer.tunnel).set_endpoint(*endpoint);
+            }
+        }
+        ctl.model = model;
+        self.shared.publish(ctl.snapshot());
+        let due: Vec<Arc<Peer>> = ch
+            .keepalive_on
+            .iter()
+            .filter_map(|k| ctl.peers.get(k).cloned())
+            .collect();
+        let sockets = Arc::clone(&ctl.sockets);
+        drop(ctl);
+
+        if let Some(old) = retired {
+            old.close();
+        }
+        // A keepalive switched on goes out at once (and starts a handshake), as in wg.
+        let mut outbox = Outbox::default();
+        for peer in due {
+            outbox.clear();
+            let endpoint = {
+                let mut t = lock(&peer.tunnel);
+                t.keepalive_now(&mut outbox);
+                t.endpoint()
+            };
+            if let Some(ep) = endpoint {
+                for d in outbox.iter() {
+                    let _ = sockets.send_to(d, ep);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn status(&self) -> DeviceStatus {
+        let ctl = lock(&self.control);
+        let mut allowed = ctl.model.allowed_ips();
+        let peers = ctl
+            .model
+            .peers
+            .keys()
+            .filter_map(|key| {
+                let peer = ctl.peers.get(key)?;
+                let t = lock(&peer.tunnel);
+                let stats = t.stats();
+                let config = PeerConfig {
+                    public_key: *key,
+                    preshared_key: t.preshared_key().cloned(),
+                    endpoint: stats.endpoint,
+                    allowed_ips: allowed.remove(key).unwrap_or_default(),
+                    persistent_keepalive: t.persistent_keepalive(),
+                };
+                Some(PeerStatus { config, stats })
+            })
+            .collect();
+        DeviceStatus {
+            private_key: ctl.model.private_key.clone(),
+            listen_port: ctl.sockets.port(),
+            fwmark: ctl.model.fwmark,
+            peers,
+        }
+    }
+}
+
+impl Control {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            identity: self.identity.clone(),
+            by_index: self
+                .peers
+                .values()
+                .map(|p| (p.index, Arc::clone(p)))
+                .collect(),
+            by_key: self.peers.clone(),
+            routes: self.model.routes.map(|k| self.peers.get(k).cloned()),
+            sockets: Arc::clone(&self.sockets),
+        }
+    }
+
+    /// A random, unused 24-bit peer index (random so indices reveal nothing).
+    fn new_index(&mut self) -> u32 {
+        let mut counter = self.indices.len() as u32;
+        loop {
+            let mut b = [0u8; 4];
+            let candidate = match getrandom::fill(&mut b) {
+                Ok(()) => u32::from_le_bytes(b) & 0x00ff_ffff,
+                Err(_) => {
+                    counter = counter.wrapping_add(1);
+                    counter & 0x00ff_ffff
+                }
+            };
+            if candidate != 0 && self.indices.insert(candidate) {
+                return candidate;
+            }
+        }
+    }
+}
+
+fn spawn(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, DeviceError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|source| DeviceError::Thread { name, source })
+}
+
+/// One receive thread per socket; each writes to its own TUN queue when there are several.
+fn spawn_receivers(
+    shared: &Arc<Shared>,
+    sockets: &Arc<UdpSockets>,
+) -> Result<Vec<JoinHandle<()>>, DeviceError> {
+    let queues = shared.tun.queues().len().max(1);
+    let mut threads = Vec::new();
+    for (i, family) in sockets.families().into_iter().enumerate() {
+        let (s, socks) = (Arc::clone(shared), Arc::clone(sockets));
+        let queue = i % queues;
+        threads.push(spawn(family.name(), move || {
+            dataplane::udp_loop(s, socks, family, queue)
+        })?);
+    }
+    Ok(threads)
+}
+
+/// The default directory of UAPI sockets, where wg(8) looks.
+pub const UAPI_DIR: &str = "/var/run/wireguard";
