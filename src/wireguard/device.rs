@@ -28,6 +28,7 @@ use super::tunnel::{Identity, Outbox, Tunnel};
 use super::uapi_server::UapiServer;
 use super::udp::UdpSockets;
 use crate::key::{PrivateKey, PublicKey};
+use crate::netlink::NetNs;
 
 /// The MTU a new interface gets, as wireguard-go: 1500 minus the WireGuard, UDP and IPv6
 /// overheads.
@@ -73,6 +74,9 @@ pub struct Device {
 pub(crate) struct Inner {
     pub shared: Arc<Shared>,
     control: Mutex<Control>,
+    /// The namespace the device was started in: a rebind opens its sockets there, whatever
+    /// thread (UAPI client, agent task) asks for it.
+    netns: NetNs,
 }
 
 struct Control {
@@ -92,6 +96,10 @@ impl Device {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let netns = NetNs::current().map_err(|e| DeviceError::Io {
+            op: "open the network namespace",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let tun = Tun::create(&config.name, queues)?;
         tun.set_mtu(config.mtu)?;
         let sockets = Arc::new(UdpSockets::bind(config.listen_port, config.fwmark)?);
@@ -116,6 +124,7 @@ impl Device {
             inner: Arc::new(Inner {
                 shared: Arc::clone(&shared),
                 control: Mutex::new(control),
+                netns,
             }),
             threads: Vec::new(),
             uapi: Mutex::new(None),
@@ -350,7 +359,17 @@ impl Inner {
             .listen_port
             .filter(|p| *p == 0 || *p != ctl.sockets.port());
         let new_sockets = match rebind {
-            Some(port) => Some(Arc::new(UdpSockets::bind(port, model.fwmark)?)),
+            Some(port) => {
+                let fwmark = model.fwmark;
+                let bound = self
+                    .netns
+                    .run(|| UdpSockets::bind(port, fwmark))
+                    .map_err(|e| DeviceError::Io {
+                        op: "enter the device's network namespace",
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+                Some(Arc::new(bound))
+            }
             None => {
                 if let Some(mark) = ch.fwmark {
                     ctl.sockets.set_fwmark(mark)?;
