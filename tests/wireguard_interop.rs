@@ -260,3 +260,55 @@ fn ipv6_endpoints_complete_a_handshake_over_the_ipv6_socket() {
     });
     assert_eq!(b.dump()[0].endpoint, format!("[::1]:{A_PORT}"));
 }
+
+#[test]
+fn wg_showconf_setconf_and_syncconf_round_trip_the_configuration() {
+    require_root!();
+    let pair = Pair::new(Impl::WgmeshWg, Impl::WireguardGo);
+    let a = &pair.a;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shown = a.wg(&["showconf", &a.ifname]);
+    for want in [
+        "PrivateKey = ",
+        "ListenPort = 51820",
+        "PublicKey = ",
+        "AllowedIPs = 10.244.0.2/32",
+    ] {
+        assert!(shown.contains(want), "{want} missing from\n{shown}");
+    }
+    assert!(
+        shown.contains(&format!("Endpoint = {B_UNDER}:{B_PORT}")),
+        "{shown}"
+    );
+    let original = dir.path().join("original.conf");
+    std::fs::write(&original, &shown).expect("write");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+
+    // setconf replaces everything with the same configuration: traffic resumes.
+    a.wg(&["setconf", &a.ifname, &path(&original)]);
+    assert_eq!(a.wg(&["showconf", &a.ifname]), shown);
+    pair.wait_for_ping();
+
+    // syncconf changes only the difference: the existing peer keeps its session.
+    let handshake = a.dump()[0].latest_handshake;
+    let extra = wgmesh::key::PrivateKey::generate().unwrap().public_key();
+    let changed = shown.replace(
+        "AllowedIPs = 10.244.0.2/32",
+        "AllowedIPs = 10.244.0.2/32, 10.244.7.0/24",
+    ) + &format!("\n[Peer]\nPublicKey = {extra}\nAllowedIPs = 10.244.9.0/24\n");
+    let changed_path = dir.path().join("changed.conf");
+    std::fs::write(&changed_path, changed).expect("write");
+    a.wg(&["syncconf", &a.ifname, &path(&changed_path)]);
+    let peers = a.dump();
+    assert_eq!(peers.len(), 2);
+    let b_peer = peers
+        .iter()
+        .find(|p| p.public_key == pair.b.public())
+        .expect("peer B");
+    assert_eq!(b_peer.allowed_ips, "10.244.0.2/32,10.244.7.0/24");
+    assert_eq!(b_peer.latest_handshake, handshake, "the session was kept");
+    assert!(pair.under.a.ping(B_INNER));
+
+    a.wg(&["syncconf", &a.ifname, &path(&original)]);
+    assert_eq!(a.wg(&["showconf", &a.ifname]), shown);
+}

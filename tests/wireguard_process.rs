@@ -151,6 +151,40 @@ fn wgmesh_wg_exits_and_removes_its_socket_when_its_interface_is_deleted() {
 }
 
 #[test]
+fn wgmesh_wg_exits_and_removes_its_interface_when_its_uapi_socket_is_deleted() {
+    require_root!();
+    let ns = TestNs::new("wgtk");
+    let mut node = Node::start(Impl::WgmeshWg, &ns);
+    std::fs::remove_file(uapi_path(&node.ifname)).unwrap();
+    assert!(
+        exited(&mut node.proc, Duration::from_secs(5)).success(),
+        "{}",
+        node.logs()
+    );
+    assert!(!link_exists(&ns, &node.ifname));
+}
+
+#[test]
+fn a_fwmark_set_with_wg_marks_both_udp_sockets_and_zero_clears_it() {
+    require_root!();
+    let ns = TestNs::new("wgtf");
+    let node = Node::start(Impl::WgmeshWg, &ns);
+    node.set_key_and_port(A_PORT);
+    let sockets = || {
+        let out = ns.exec("ss", ["-u", "-a", "-n", "-e", "sport", "=", ":51820"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    node.wg(&["set", &node.ifname, "fwmark", "0x1234"]);
+    assert_eq!(node.wg(&["show", &node.ifname, "fwmark"]).trim(), "0x1234");
+    let marked = sockets();
+    assert_eq!(marked.matches("fwmark:0x1234").count(), 2, "{marked}");
+    assert!(marked.contains("v6only:1"), "{marked}");
+    node.wg(&["set", &node.ifname, "fwmark", "0"]);
+    assert_eq!(node.wg(&["show", &node.ifname, "fwmark"]).trim(), "off");
+    assert!(!sockets().contains("fwmark:"), "{}", sockets());
+}
+
+#[test]
 fn wgmesh_wg_exits_and_removes_its_socket_and_interface_on_sigterm_and_sigint() {
     require_root!();
     let ns = TestNs::new("wgts");
@@ -403,6 +437,14 @@ fn the_in_process_api_runs_a_device_that_a_wg_configured_peer_talks_to() {
     wait_until(Duration::from_secs(10), "a ping after the rebind", || {
         under.a.ping(B_INNER).then_some(())
     });
+
+    // A port in use is a clear error that names it.
+    let taken = in_ns(&under.a, || {
+        let mut cfg = DeviceConfig::new(unique_name("wgi"));
+        cfg.listen_port = port;
+        Device::start(cfg).err().map(|e| e.to_string())
+    });
+    assert_eq!(taken, Some(format!("UDP port {port} is already in use")));
 
     assert!(dev.remove_peer(&peer).unwrap());
     assert!(dev.status().peers.is_empty());

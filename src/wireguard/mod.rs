@@ -9,11 +9,12 @@
 //! - [`peer`], [`drops`], [`error`]: data types.
 //!
 //! I/O adapters, thin: [`tun`] (the TUN interface), [`udp`] (the sockets), [`device`] (the
-//! configuration API and threads), `dataplane` (the packet loops), `uapi_server` (the
+//! configuration API and threads), `control` (applying configuration), `dataplane` (the packet loops), `uapi_server` (the
 //! unix socket) and [`daemon`] (the `wgmesh-wg` process contract).
 
 pub mod allowed_ips;
 pub mod config;
+mod control;
 pub mod daemon;
 mod dataplane;
 pub mod device;

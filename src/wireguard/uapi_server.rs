@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
+use super::control::Inner;
 use super::dataplane::CloseReason;
-use super::device::Inner;
 use super::error::{DeviceError, UapiError};
 use super::sys::{Stop, poll_in};
 use super::uapi;

@@ -146,12 +146,21 @@ impl UdpSockets {
         socket.send_to(datagram, &SockAddr::from(to)).map(|_| ())
     }
 
-    /// Marks the sockets closed and shuts them down, which wakes receivers blocked in
-    /// `poll`; the descriptors close when the last user lets go of them.
+    /// Marks the sockets closed, wakes receivers blocked in `poll`, and releases the port
+    /// at once: the descriptors are pointed at /dev/null, so a thread still holding an old
+    /// snapshot gets an error (a counted drop) instead of keeping the port bound.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        let null = std::fs::File::open("/dev/null");
         for s in self.v4.iter().chain(self.v6.iter()) {
             let _ = s.shutdown(std::net::Shutdown::Both);
+            if let Ok(null) = &null {
+                // SAFETY: replaces a descriptor we own with another open one; concurrent
+                // syscalls on the old socket keep their own reference until they return.
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), s.as_raw_fd());
+                }
+            }
         }
     }
 
