@@ -39,6 +39,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Anything else using the CPU skews the numbers: say so with the results.
+LOAD=$(cut -d' ' -f1 /proc/loadavg)
+if python3 -c "import sys; sys.exit(0 if float('$LOAD') > 0.5 else 1)"; then
+	echo "bench-wireguard: warning: load average is $LOAD before starting; results will be noisy" >&2
+fi
+
 echo "== building wgmesh-wg (release)" >&2
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin wgmesh-wg
 WGMESH_WG=$ROOT/target/release/wgmesh-wg
@@ -122,7 +128,7 @@ for impl in "${IMPLS[@]}"; do
 done
 
 echo
-echo "one TCP stream, ${DURATION}s, $(nproc) cores, kernel $(uname -r)"
+echo "one TCP stream, ${DURATION}s, $(nproc) cores, kernel $(uname -r), load before start $LOAD"
 printf '%-14s %12s %14s %10s\n' implementation "Mbit/s" "vs wireguard-go" "vs veth"
 for impl in "${IMPLS[@]}"; do
 	python3 - "$impl" "${RESULT[$impl]}" "${RESULT[wireguard-go]:-0}" "${RESULT[veth]:-0}" <<'EOF'

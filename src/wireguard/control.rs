@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::config::{ConfigUpdate, DeviceStatus, Model};
+use super::config::{Changes, ConfigUpdate, DeviceStatus, Model};
 use super::dataplane::{self, Peer, Shared, Snapshot};
 use super::error::DeviceError;
 use super::peer::{PeerConfig, PeerStatus};
@@ -40,10 +40,21 @@ pub(crate) struct Control {
 }
 
 impl Inner {
-    pub(crate) fn apply(&self, update: &ConfigUpdate) -> Result<(), DeviceError> {
+    /// Applies `update` in one step; returns what changed.
+    pub(crate) fn apply(&self, update: &ConfigUpdate) -> Result<Changes, DeviceError> {
+        self.transact(|_| update.clone())
+    }
+
+    /// Builds the update from the current model and applies it under the same lock, so
+    /// nothing changes in between (e.g. "remove every peer not in this list").
+    pub(crate) fn transact(
+        &self,
+        build: impl FnOnce(&Model) -> ConfigUpdate,
+    ) -> Result<Changes, DeviceError> {
         let mut ctl = lock(&self.control);
+        let update = build(&ctl.model);
         let mut model = ctl.model.clone();
-        let ch = model.apply(update);
+        let ch = model.apply(&update);
 
         // I/O that can fail comes first, so a failure leaves everything as it was.
         let rebind = ch
@@ -71,6 +82,8 @@ impl Inner {
         let mut retired = None;
         if let Some(sockets) = new_sockets {
             let receivers = spawn_receivers(&self.shared, &sockets)?;
+            // Receivers of sockets retired earlier have exited: forget them.
+            ctl.receivers.retain(|t| !t.is_finished());
             ctl.receivers.extend(receivers);
             model.listen_port = sockets.port();
             retired = Some(std::mem::replace(&mut ctl.sockets, sockets));
@@ -156,7 +169,7 @@ impl Inner {
                 }
             }
         }
-        Ok(())
+        Ok(ch)
     }
 
     pub(crate) fn status(&self) -> DeviceStatus {
@@ -190,6 +203,21 @@ impl Inner {
 }
 
 impl Control {
+    pub(crate) fn new(sockets: Arc<UdpSockets>, fwmark: u32) -> Control {
+        Control {
+            model: Model {
+                listen_port: sockets.port(),
+                fwmark,
+                ..Model::default()
+            },
+            peers: HashMap::new(),
+            indices: HashSet::new(),
+            identity: None,
+            sockets,
+            receivers: Vec::new(),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             identity: self.identity.clone(),

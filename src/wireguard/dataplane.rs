@@ -188,6 +188,7 @@ pub(crate) fn tun_loop(shared: Arc<Shared>, queue: usize) {
     let Some(q) = shared.tun.queues().get(queue) else {
         return;
     };
+    let _span = tracing::debug_span!("tun", device = shared.tun.name(), queue).entered();
     let mut view = View::new(&shared);
     let mut buf = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET];
@@ -261,6 +262,8 @@ pub(crate) fn udp_loop(
     let (Some(socket), Some(tun)) = (sockets.get(family), shared.tun.queues().get(queue)) else {
         return;
     };
+    let name = family.name();
+    let _span = tracing::debug_span!("udp", device = shared.tun.name(), family = name).entered();
     let mut view = View::new(&shared);
     let mut ctx = InboundCtx {
         out: vec![0u8; MAX_PACKET],
@@ -408,6 +411,7 @@ fn verify_handshake<'s, 'd>(
 /// Runs every peer's timers each [`TICK`], resets the handshake rate limit, refreshes the
 /// MTU and notices a deleted interface.
 pub(crate) fn timer_loop(shared: Arc<Shared>) {
+    let _span = tracing::debug_span!("timers", device = shared.tun.name()).entered();
     let mut view = View::new(&shared);
     let mut outbox = Outbox::default();
     let mut last_slow = Instant::now();

@@ -11,13 +11,13 @@
 //! packet threads never take; they pick up an immutable snapshot instead. A peer's tunnel
 //! mutex is the only lock a packet takes, never held across a syscall.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::config::{ConfigUpdate, DeviceStatus, Model, PeerUpdate};
+use super::config::{ConfigUpdate, DeviceStatus, PeerUpdate};
 use super::control::{Control, Inner, spawn, spawn_receivers};
 use super::dataplane::{self, CloseReason, Shared};
 use super::drops::DropCounters;
@@ -88,18 +88,7 @@ impl Device {
             op: "eventfd",
             source,
         })?;
-        let mut control = Control {
-            model: Model {
-                listen_port: sockets.port(),
-                ..Model::default()
-            },
-            peers: HashMap::new(),
-            indices: HashSet::new(),
-            identity: None,
-            sockets: Arc::clone(&sockets),
-            receivers: Vec::new(),
-        };
-        control.model.fwmark = config.fwmark;
+        let control = Control::new(Arc::clone(&sockets), config.fwmark);
         let shared = Arc::new(Shared::new(tun, stop, control.snapshot()));
         let mut device = Device {
             inner: Arc::new(Inner {
@@ -194,25 +183,27 @@ impl Device {
     /// Like [`Device::set_peer`] but only for an existing peer; false if there is none.
     pub fn update_peer(&self, config: PeerConfig) -> Result<bool, DeviceError> {
         let key = config.public_key;
-        let update = PeerUpdate {
-            update_only: true,
-            ..PeerUpdate::from_config(config)
-        };
-        self.apply(&ConfigUpdate {
-            peers: vec![update],
-            ..ConfigUpdate::default()
+        let mut existed = false;
+        self.inner.transact(|model| {
+            existed = model.peers.contains_key(&key);
+            ConfigUpdate {
+                peers: vec![PeerUpdate {
+                    update_only: true,
+                    ..PeerUpdate::from_config(config)
+                }],
+                ..ConfigUpdate::default()
+            }
         })?;
-        Ok(lock(&self.inner.control).peers.contains_key(&key))
+        Ok(existed)
     }
 
     /// Removes the peer; false if there was none.
     pub fn remove_peer(&self, key: &PublicKey) -> Result<bool, DeviceError> {
-        let existed = lock(&self.inner.control).peers.contains_key(key);
-        self.apply(&ConfigUpdate {
+        let ch = self.inner.apply(&ConfigUpdate {
             peers: vec![PeerUpdate::remove(*key)],
             ..ConfigUpdate::default()
         })?;
-        Ok(existed)
+        Ok(ch.removed.contains(key))
     }
 
     /// Makes the peer set exactly `peers`, in one step. Peers that stay keep their
@@ -222,22 +213,26 @@ impl Device {
             self.check_not_own(&p.public_key)?;
         }
         let keep: HashSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
-        let mut updates: Vec<PeerUpdate> = lock(&self.inner.control)
-            .peers
-            .keys()
-            .filter(|k| !keep.contains(k))
-            .map(|k| PeerUpdate::remove(*k))
-            .collect();
-        updates.extend(peers.into_iter().map(PeerUpdate::from_config));
-        self.apply(&ConfigUpdate {
-            peers: updates,
-            ..ConfigUpdate::default()
-        })
+        self.inner.transact(|model| {
+            let mut updates: Vec<PeerUpdate> = model
+                .peers
+                .keys()
+                .filter(|k| !keep.contains(k))
+                .map(|k| PeerUpdate::remove(*k))
+                .collect();
+            updates.extend(peers.into_iter().map(PeerUpdate::from_config));
+            ConfigUpdate {
+                peers: updates,
+                ..ConfigUpdate::default()
+            }
+        })?;
+        Ok(())
     }
 
-    /// Applies a whole transaction atomically (what a UAPI `set=1` does).
+    /// Applies a whole transaction atomically (what a UAPI `set=1` does): all of it, or on
+    /// error nothing.
     pub fn apply(&self, update: &ConfigUpdate) -> Result<(), DeviceError> {
-        self.inner.apply(update)
+        self.inner.apply(update).map(|_| ())
     }
 
     /// Configuration and counters of every peer, as `wg show` reports them.

@@ -323,3 +323,34 @@ fn destinations_are_read_from_ipv4_and_ipv6_headers() {
     assert_eq!(ip_destination(&[0x45; 10]), None);
     assert_eq!(ip_destination(&[]), None);
 }
+
+#[test]
+fn an_initiation_over_the_rate_limit_is_answered_with_a_cookie_the_initiator_accepts() {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    let mut b = Side::new(&kb, &ka, None, 2);
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    let init = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"x"));
+    // Use up B's handshake budget for this second, as a flood would.
+    let mut scratch = [0u8; COOKIE_LEN];
+    for _ in 0..HANDSHAKE_RATE_LIMIT {
+        let from = Some(addr(A_ADDR).ip());
+        assert!(
+            b.identity
+                .rate_limiter
+                .verify_packet(from, &init, &mut scratch)
+                .is_ok()
+        );
+    }
+    let (r, replies) = b.receive(A_ADDR, &init);
+    assert_eq!(r, Ok(None));
+    assert_eq!(replies.len(), 1);
+    assert_eq!((replies[0][0], replies[0].len()), (MSG_COOKIE, COOKIE_LEN));
+    assert_eq!(
+        b.tunnel.endpoint(),
+        None,
+        "an unproven address is not learned"
+    );
+    assert_eq!(a.receive(B_ADDR, &replies[0]).0, Ok(None));
+}

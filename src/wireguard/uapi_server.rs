@@ -205,7 +205,7 @@ fn set(inner: &Inner, lines: &[Zeroizing<String>]) -> Zeroizing<String> {
     let result = uapi::parse_set(lines.iter().map(|l| l.as_str()))
         .and_then(|update| inner.apply(&update).map_err(|e| UapiError::from(&e)));
     Zeroizing::new(match result {
-        Ok(()) => uapi::SET_OK.to_string(),
+        Ok(_) => uapi::SET_OK.to_string(),
         Err(e) => {
             tracing::warn!(errno = e.errno, error = %e.message, "UAPI set refused");
             uapi::error_response(&e)
