@@ -1,3 +1,5 @@
+//! Table tests of the configuration model: wg semantics of each kind of change. Pure.
+
 use super::*;
 
 fn key(n: u8) -> PublicKey {

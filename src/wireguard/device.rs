@@ -10,6 +10,30 @@
 //! Locks: configuration changes serialize on one control mutex (see `control`), which the
 //! packet threads never take; they pick up an immutable snapshot instead. A peer's tunnel
 //! mutex is the only lock a packet takes, never held across a syscall.
+//!
+//! The device lives in the network namespace of the thread that starts it (its sockets
+//! too, also when rebound later from another thread).
+//!
+//! ```no_run
+//! use wgmesh::key::PrivateKey;
+//! use wgmesh::wireguard::{Device, DeviceConfig, PeerConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let peer_key = PrivateKey::generate()?.public_key();
+//! let mut config = DeviceConfig::new("wgmesh0");
+//! config.listen_port = 51820;
+//! config.private_key = Some(PrivateKey::generate()?);
+//! let device = Device::start(config)?;
+//! device.set_peer(PeerConfig {
+//!     endpoint: Some("192.0.2.2:51820".parse()?),
+//!     allowed_ips: vec!["10.244.1.0/24".parse()?],
+//!     persistent_keepalive: 25,
+//!     ..PeerConfig::new(peer_key)
+//! })?;
+//! let stats = device.peer_stats(&peer_key);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

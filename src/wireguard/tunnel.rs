@@ -1,5 +1,5 @@
-//! One peer's WireGuard state over boringtun's protocol core (`Tunn`). Sans-IO: packets
-//! in, packets out, no sockets.
+//! One peer's WireGuard state over boringtun's protocol core (`Tunn`). Pure (sans-IO):
+//! packets in, packets out, no sockets.
 //!
 //! Around `Tunn` this adds what a data plane needs and boringtun leaves out: the endpoint
 //! and its roaming (it follows authenticated packets), wire byte counters, the wall-clock

@@ -1,3 +1,5 @@
+//! Tests of the UAPI text protocol: parsing, errors, and `get` output as wg(8) reads it. Pure.
+
 use std::time::{Duration, SystemTime};
 
 use super::*;
