@@ -350,3 +350,22 @@ impl Drop for Device {
 
 /// The default directory of UAPI sockets, where wg(8) looks.
 pub const UAPI_DIR: &str = "/var/run/wireguard";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_can_be_shared_across_threads_and_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Device>();
+        send_sync::<Closer>();
+    }
+
+    #[test]
+    fn a_new_config_asks_for_any_port_wireguard_gos_mtu_and_one_queue_per_core() {
+        let c = DeviceConfig::new("wg0");
+        assert_eq!((c.listen_port, c.mtu, c.queues, c.fwmark), (0, 1420, 0, 0));
+        assert!(c.private_key.is_none());
+    }
+}
