@@ -81,7 +81,10 @@ impl Inner {
         };
         let mut retired = None;
         if let Some(sockets) = new_sockets {
-            let receivers = spawn_receivers(&self.shared, &sockets)?;
+            let receivers = spawn_receivers(&self.shared, &sockets).inspect_err(|_| {
+                // Ends the receivers that did start: nothing of this transaction stays.
+                sockets.close();
+            })?;
             // Receivers of sockets retired earlier have exited: forget them.
             ctl.receivers.retain(|t| !t.is_finished());
             ctl.receivers.extend(receivers);

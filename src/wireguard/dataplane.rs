@@ -221,7 +221,7 @@ fn tun_error(shared: &Shared, q: &TunQueue, e: io::Error) -> bool {
         }
         _ => {
             tracing::warn!(device = shared.tun.name(), error = %e, "TUN read failed");
-            !shared.stop.sleep(Duration::from_millis(10))
+            !shared.stop.sleep(Duration::from_millis(100))
         }
     }
 }

@@ -221,7 +221,7 @@ impl Tun {
 
 /// True for the errors a queue returns once its interface was deleted.
 pub fn is_gone(e: &io::Error) -> bool {
-    super::sys::errno_is(e, &[libc::EBADFD, libc::EIO, libc::ENXIO, libc::ENODEV])
+    super::sys::errno_is(e, &[libc::EBADFD, libc::ENXIO, libc::ENODEV])
 }
 
 #[cfg(test)]
