@@ -312,3 +312,16 @@ fn wg_showconf_setconf_and_syncconf_round_trip_the_configuration() {
     a.wg(&["syncconf", &a.ifname, &path(&original)]);
     assert_eq!(a.wg(&["showconf", &a.ifname]), shown);
 }
+
+#[test]
+fn an_interface_set_down_and_up_again_keeps_its_device_running() {
+    require_root!();
+    let mut pair = Pair::new(Impl::WgmeshWg, Impl::WgmeshWg);
+    let b_if = pair.b.ifname.clone();
+    pair.under.b.ip(["link", "set", &b_if, "down"]);
+    assert!(!pair.under.a.ping(B_INNER));
+    assert!(pair.b.proc.is_running(), "{}", pair.b.logs());
+    pair.under.b.ip(["link", "set", &b_if, "up"]);
+    pair.wait_for_ping();
+    assert!(pair.b.proc.is_running());
+}
