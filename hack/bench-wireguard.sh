@@ -7,12 +7,14 @@
 # gives the reference. Needs root, iperf3, wg, wireguard-go; builds wgmesh-wg in release
 # mode and installs boringtun-cli under target/bench-tools (cached for later runs).
 #
-# Usage: hack/bench-wireguard.sh [DURATION] [IMPL...]
+# Usage: [RUNS=n] hack/bench-wireguard.sh [DURATION] [IMPL...]
 #   IMPL among: veth wgmesh-wg wireguard-go boringtun (default: all)
+#   RUNS (default 1): rounds over all implementations, interleaved; the median is shown.
 
 set -euo pipefail
 
 DURATION=${1:-10}
+RUNS=${RUNS:-1}
 shift || true
 IMPLS=("$@")
 [[ ${#IMPLS[@]} -gt 0 ]] || IMPLS=(veth wgmesh-wg wireguard-go boringtun)
@@ -114,27 +116,34 @@ except Exception: print(0)' <<<"$json"
 }
 
 declare -A RESULT
-for impl in "${IMPLS[@]}"; do
-	cleanup
-	PIDS=()
-	setup_underlay
-	if [[ $impl == veth ]]; then
-		RESULT[$impl]=$(measure 192.0.2.2)
-	else
-		setup_tunnel "$impl"
-		RESULT[$impl]=$(measure 10.244.0.2)
-	fi
-	echo "== $impl: ${RESULT[$impl]} Mbit/s" >&2
+for round in $(seq "$RUNS"); do
+	for impl in "${IMPLS[@]}"; do
+		cleanup
+		PIDS=()
+		setup_underlay
+		if [[ $impl == veth ]]; then
+			mbits=$(measure 192.0.2.2)
+		else
+			setup_tunnel "$impl"
+			mbits=$(measure 10.244.0.2)
+		fi
+		RESULT[$impl]="${RESULT[$impl]:-} $mbits"
+		echo "== round $round, $impl: $mbits Mbit/s" >&2
+	done
 done
 
 echo
-echo "one TCP stream, ${DURATION}s, $(nproc) cores, kernel $(uname -r), load before start $LOAD"
-printf '%-14s %12s %14s %10s\n' implementation "Mbit/s" "vs wireguard-go" "vs veth"
+echo "one TCP stream, ${DURATION}s, $RUNS round(s), $(nproc) cores, kernel $(uname -r), load before start $LOAD"
+printf '%-14s %10s %18s %16s %10s\n' implementation "Mbit/s" "(each round)" "vs wireguard-go" "vs veth"
 for impl in "${IMPLS[@]}"; do
-	python3 - "$impl" "${RESULT[$impl]}" "${RESULT[wireguard-go]:-0}" "${RESULT[veth]:-0}" <<'EOF'
-import sys
-impl, v, wg, veth = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+	python3 - "$impl" "${RESULT[$impl]}" "${RESULT[wireguard-go]:-}" "${RESULT[veth]:-}" <<'EOF'
+import statistics, sys
+impl = sys.argv[1]
+runs, wg, veth = (list(map(float, a.split())) for a in sys.argv[2:5])
+med = lambda xs: statistics.median(xs) if xs else 0.0
+v, w, e = med(runs), med(wg), med(veth)
 ratio = lambda a, b: "%.2f" % (a / b) if b else "-"
-print("%-14s %12.0f %14s %10s" % (impl, v, ratio(v, wg), ratio(v, veth)))
+each = "/".join("%.0f" % r for r in runs)
+print("%-14s %10.0f %18s %16s %10s" % (impl, v, each, ratio(v, w), ratio(v, e)))
 EOF
 done
