@@ -7,7 +7,8 @@
 //! - [`cni`]: the wgmesh-cni network configuration (pure), read by the plugin and written by the agent;
 //! - [`dataplane`]: adapters applying node state (the pod bridge, later routes and nftables);
 //! - [`netlink`]: adapters over rtnetlink and network namespaces, used by the plugin and the agent;
-//! - [`sysctl`]: the few kernel knobs a node needs.
+//! - [`sysctl`]: the few kernel knobs a node needs;
+//! - [`wireguard`]: the userspace WireGuard data plane (agent-embedded and `wgmesh-wg`).
 
 pub mod agent;
 pub mod cni;
@@ -19,3 +20,4 @@ pub mod mesh;
 pub mod model;
 pub mod netlink;
 pub mod sysctl;
+pub mod wireguard;

@@ -1,0 +1,356 @@
+//! Two tunnels over an in-memory transport: the protocol paths without sockets or root.
+
+use super::*;
+use std::net::Ipv4Addr;
+
+const A_ADDR: &str = "192.0.2.1:51820";
+const B_ADDR: &str = "192.0.2.2:51821";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A minimal IPv4 packet (header checksum left zero: nothing here checks it).
+fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+/// The inner packet delivered (if any) or the drop reason, and the replies sent.
+type Received = (Result<Option<Vec<u8>>, DropReason>, Vec<Vec<u8>>);
+
+struct Side {
+    tunnel: Tunnel,
+    identity: Identity,
+    out: Vec<u8>,
+    outbox: Outbox,
+}
+
+impl Side {
+    fn new(own: &PrivateKey, peer: &PrivateKey, psk: Option<PresharedKey>, index: u32) -> Side {
+        let identity = Identity::new(own);
+        let tunnel = Tunnel::new(
+            Some(&identity),
+            peer.public_key(),
+            psk,
+            index,
+            Instant::now(),
+        );
+        Side {
+            tunnel,
+            identity,
+            out: vec![0u8; MAX_PACKET],
+            outbox: Outbox::default(),
+        }
+    }
+
+    fn send(&mut self, packet: &[u8]) -> Vec<u8> {
+        match self.tunnel.encapsulate(packet, &mut self.out) {
+            Encap::Send(n) => self.out[..n].to_vec(),
+            other => panic!("expected a datagram, got {other:?}"),
+        }
+    }
+
+    /// Delivers `datagram` from `from`; returns the inner packet (if any) and the replies.
+    fn receive(&mut self, from: &str, datagram: &[u8]) -> Received {
+        self.outbox.clear();
+        let result =
+            match self
+                .tunnel
+                .decapsulate(addr(from), datagram, &mut self.out, &mut self.outbox)
+            {
+                Decap::ToTun { packet, .. } => Ok(Some(packet.to_vec())),
+                Decap::Nothing => Ok(None),
+                Decap::Dropped(r) => Err(r),
+            };
+        (result, self.outbox.iter().map(<[u8]>::to_vec).collect())
+    }
+}
+
+/// Runs a full handshake started by A's first packet; returns the pair and that packet
+/// as B received it.
+fn connected_pair(psk: Option<PresharedKey>) -> (Side, Side, Vec<u8>) {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, psk.clone(), 1);
+    let mut b = Side::new(&kb, &ka, psk, 2);
+    a.tunnel.set_endpoint(addr(B_ADDR));
+
+    let first = ipv4_packet(
+        [10, 244, 0, 1],
+        [10, 244, 0, 2],
+        b"first packet waits for the handshake",
+    );
+    let init = a.send(&first);
+    assert_eq!(init.len(), INIT_LEN);
+    assert_eq!(init[0], MSG_INIT);
+
+    let (r, replies) = b.receive(A_ADDR, &init);
+    assert_eq!(r, Ok(None));
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0][0], MSG_RESPONSE);
+
+    // A's answer: a keepalive confirming the session, then the queued first packet.
+    let (r, replies) = a.receive(B_ADDR, &replies[0]);
+    assert_eq!(r, Ok(None));
+    assert_eq!(replies.len(), 2, "keepalive and queued packet");
+    let mut delivered = Vec::new();
+    for d in &replies {
+        let (r, _) = b.receive(A_ADDR, d);
+        if let Some(p) = r.unwrap() {
+            delivered.push(p);
+        }
+    }
+    assert_eq!(delivered.len(), 1);
+    (a, b, delivered.remove(0))
+}
+
+#[test]
+fn a_first_packet_starts_a_handshake_and_is_delivered_after_it() {
+    let (a, b, delivered) = connected_pair(None);
+    assert_eq!(
+        delivered,
+        ipv4_packet(
+            [10, 244, 0, 1],
+            [10, 244, 0, 2],
+            b"first packet waits for the handshake"
+        )
+    );
+    assert!(a.tunnel.stats().last_handshake.is_some());
+    assert!(b.tunnel.stats().last_handshake.is_some());
+}
+
+#[test]
+fn data_flows_both_ways_once_connected() {
+    let (mut a, mut b, _) = connected_pair(None);
+    for i in 0..50u8 {
+        let p = ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], &[i; 1300]);
+        let d = a.send(&p);
+        assert_eq!(d[0], MSG_DATA);
+        assert_eq!(b.receive(A_ADDR, &d).0, Ok(Some(p)));
+
+        let q = ipv4_packet([10, 244, 0, 2], [10, 244, 0, 1], &[i; 77]);
+        let d = b.send(&q);
+        assert_eq!(a.receive(B_ADDR, &d).0, Ok(Some(q)));
+    }
+}
+
+#[test]
+fn the_responder_learns_the_endpoint_and_follows_it_when_the_peer_roams() {
+    let (mut a, mut b, _) = connected_pair(None);
+    assert_eq!(b.tunnel.endpoint(), Some(addr(A_ADDR)));
+    let d = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"moved"));
+    b.receive("198.51.100.7:40000", &d).0.unwrap();
+    assert_eq!(b.tunnel.endpoint(), Some(addr("198.51.100.7:40000")));
+}
+
+#[test]
+fn forged_replayed_and_garbage_datagrams_are_dropped_without_moving_the_endpoint() {
+    let (mut a, mut b, _) = connected_pair(None);
+    let d = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"once"));
+    assert!(b.receive(A_ADDR, &d).0.unwrap().is_some());
+
+    assert_eq!(b.receive("203.0.113.66:1", &d).0, Err(DropReason::Replayed));
+    let mut forged = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"tampered"));
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        b.receive("203.0.113.66:1", &forged).0,
+        Err(DropReason::Unauthenticated)
+    );
+    assert_eq!(
+        b.receive("203.0.113.66:1", b"\x04\0\0\0garbage").0,
+        Err(DropReason::Malformed)
+    );
+    assert_eq!(
+        b.receive("203.0.113.66:1", &[0xff; 200]).0,
+        Err(DropReason::Malformed)
+    );
+    assert_eq!(b.tunnel.endpoint(), Some(addr(A_ADDR)));
+}
+
+#[test]
+fn counters_count_wire_bytes_in_both_directions() {
+    let (mut a, mut b, _) = connected_pair(None);
+    let (a0, b0) = (a.tunnel.stats(), b.tunnel.stats());
+    let d = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], &[7; 1000]));
+    b.receive(A_ADDR, &d).0.unwrap();
+    let (a1, b1) = (a.tunnel.stats(), b.tunnel.stats());
+    assert_eq!(a1.tx_bytes - a0.tx_bytes, d.len() as u64);
+    assert_eq!(b1.rx_bytes - b0.rx_bytes, d.len() as u64);
+    assert!(a1.tx_bytes > 0 && a1.rx_bytes > 0 && b1.tx_bytes > 0);
+}
+
+#[test]
+fn a_matching_preshared_key_connects_and_a_different_one_fails_the_handshake() {
+    let psk = PrivateKey::generate().unwrap();
+    let (mut a, mut b, _) = connected_pair(Some(psk.clone()));
+    let d = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"psk"));
+    assert!(b.receive(A_ADDR, &d).0.unwrap().is_some());
+
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, Some(psk), 1);
+    let mut b = Side::new(&kb, &ka, Some(PrivateKey::generate().unwrap()), 2);
+    let init = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"x"));
+    let (_, replies) = b.receive(A_ADDR, &init);
+    assert_eq!(
+        a.receive(B_ADDR, &replies[0]).0,
+        Err(DropReason::Unauthenticated)
+    );
+}
+
+#[test]
+fn setting_the_same_preshared_key_keeps_the_session() {
+    let (mut a, mut b, _) = connected_pair(None);
+    let id = Identity::new(&PrivateKey::generate().unwrap());
+    a.tunnel.set_preshared_key(Some(&id), None);
+    let d = a.send(&ipv4_packet(
+        [10, 244, 0, 1],
+        [10, 244, 0, 2],
+        b"still here",
+    ));
+    assert_eq!(d[0], MSG_DATA);
+    assert!(b.receive(A_ADDR, &d).0.unwrap().is_some());
+}
+
+#[test]
+fn a_tunnel_without_a_private_key_drops_everything() {
+    let peer = PrivateKey::generate().unwrap().public_key();
+    let mut t = Tunnel::new(None, peer, None, 3, Instant::now());
+    let mut out = vec![0u8; MAX_PACKET];
+    let p = ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"x");
+    assert_eq!(
+        t.encapsulate(&p, &mut out),
+        Encap::Dropped(DropReason::NoKey)
+    );
+    let mut outbox = Outbox::default();
+    let r = t.decapsulate(addr(A_ADDR), &p, &mut out, &mut outbox);
+    assert_eq!(r, Decap::Dropped(DropReason::NoKey));
+}
+
+#[test]
+fn changing_the_private_key_ends_the_session_and_a_new_handshake_restores_it() {
+    let (mut a, mut b, _) = connected_pair(None);
+    let new_key = PrivateKey::generate().unwrap();
+    let id = Identity::new(&new_key);
+    // B's peer entry must know A's new public key for a handshake: rebuild B's side.
+    a.tunnel.set_identity(Some(&id));
+    let init = a.send(&ipv4_packet(
+        [10, 244, 0, 1],
+        [10, 244, 0, 2],
+        b"after rekey",
+    ));
+    assert_eq!(init[0], MSG_INIT, "sessions were cleared");
+    b.tunnel = Tunnel::new(
+        Some(&b.identity),
+        new_key.public_key(),
+        None,
+        2,
+        Instant::now(),
+    );
+    let (_, replies) = b.receive(A_ADDR, &init);
+    assert_eq!(a.receive(B_ADDR, &replies[0]).0, Ok(None));
+}
+
+#[test]
+fn a_persistent_keepalive_goes_out_after_the_interval_of_silence_only() {
+    let (mut a, _b, _) = connected_pair(None);
+    let t0 = Instant::now();
+    a.tunnel.set_persistent_keepalive(5, t0);
+    a.outbox.clear();
+    a.tunnel.tick(t0 + Duration::from_secs(2), &mut a.outbox);
+    assert!(a.outbox.is_empty());
+    a.tunnel.tick(t0 + Duration::from_secs(6), &mut a.outbox);
+    let sent: Vec<_> = a.outbox.iter().map(<[u8]>::to_vec).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].len(), DATA_OVERHEAD, "an empty data message");
+    a.outbox.clear();
+    a.tunnel.tick(t0 + Duration::from_secs(7), &mut a.outbox);
+    assert!(
+        a.outbox.is_empty(),
+        "the keepalive itself resets the interval"
+    );
+}
+
+#[test]
+fn keepalive_now_without_a_session_starts_a_handshake() {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    a.tunnel.keepalive_now(&mut a.outbox);
+    let sent: Vec<_> = a.outbox.iter().map(<[u8]>::to_vec).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0][0], MSG_INIT);
+}
+
+#[test]
+fn padding_rounds_up_to_sixteen_but_never_past_the_mtu() {
+    let cases = [
+        (0, 1420, 0),
+        (1, 1420, 16),
+        (16, 1420, 16),
+        (17, 1420, 32),
+        (1419, 1420, 1420),
+        (1420, 1420, 1420),
+        (1500, 1420, 1500),
+        (1500, 0, 1504),
+    ];
+    for (len, mtu, want) in cases {
+        assert_eq!(padded_len(len, mtu), want, "len {len} mtu {mtu}");
+    }
+}
+
+#[test]
+fn destinations_are_read_from_ipv4_and_ipv6_headers() {
+    let p = ipv4_packet([10, 244, 0, 1], [10, 244, 3, 4], b"");
+    assert_eq!(
+        ip_destination(&p),
+        Some(IpAddr::V4(Ipv4Addr::new(10, 244, 3, 4)))
+    );
+    let mut v6 = vec![0u8; 40];
+    v6[0] = 0x60;
+    v6[39] = 1;
+    assert_eq!(ip_destination(&v6), Some("::1".parse().unwrap()));
+    assert_eq!(ip_destination(&[0x45; 10]), None);
+    assert_eq!(ip_destination(&[]), None);
+}
+
+#[test]
+fn an_initiation_over_the_rate_limit_is_answered_with_a_cookie_the_initiator_accepts() {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    let mut b = Side::new(&kb, &ka, None, 2);
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    let init = a.send(&ipv4_packet([10, 244, 0, 1], [10, 244, 0, 2], b"x"));
+    // Use up B's handshake budget for this second, as a flood would.
+    let mut scratch = [0u8; COOKIE_LEN];
+    for _ in 0..HANDSHAKE_RATE_LIMIT {
+        let from = Some(addr(A_ADDR).ip());
+        assert!(
+            b.identity
+                .rate_limiter
+                .verify_packet(from, &init, &mut scratch)
+                .is_ok()
+        );
+    }
+    let (r, replies) = b.receive(A_ADDR, &init);
+    assert_eq!(r, Ok(None));
+    assert_eq!(replies.len(), 1);
+    assert_eq!((replies[0][0], replies[0].len()), (MSG_COOKIE, COOKIE_LEN));
+    assert_eq!(
+        b.tunnel.endpoint(),
+        None,
+        "an unproven address is not learned"
+    );
+    assert_eq!(a.receive(B_ADDR, &replies[0]).0, Ok(None));
+}
