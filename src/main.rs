@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wgmesh::agent::{self, AgentConfig};
 use wgmesh::dataplane::ControlPlaneOnly;
+use wgmesh::dataplane::node::{NodeDataPlane, NodeDataPlaneConfig};
 use wgmesh::mesh::MeshConfig;
 use wgmesh::model::AddressType;
 
@@ -37,6 +38,12 @@ struct LogArgs {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DataPlaneKind {
+    Wireguard,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -75,9 +82,14 @@ struct AgentArgs {
     /// wgmesh.io/persistent-keepalive annotation overrides it for that node.
     #[arg(long, default_value_t = 0)]
     persistent_keepalive: u16,
-    /// MTU of pod interfaces and the bridge.
-    #[arg(long, default_value_t = wgmesh::cni::config::DEFAULT_MTU)]
-    mtu: u32,
+    /// MTU of wgmesh0, the bridge and pod interfaces; default: the MTU of the
+    /// interface holding the node's endpoint address minus 80.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// `wireguard`: the real data plane (WireGuard device, routes, nftables).
+    /// `none`: control plane only, no packet path (for testing the control plane).
+    #[arg(long, value_enum, default_value_t = DataPlaneKind::Wireguard)]
+    dataplane: DataPlaneKind,
     /// Full recompute and re-apply at least this often, even without changes.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
@@ -139,14 +151,32 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             interface: a.interface,
             listen_port: a.listen_port,
             address_type: a.endpoint_address_type,
-            mtu: a.mtu,
+            mtu: a.mtu.unwrap_or(wgmesh::cni::config::DEFAULT_MTU),
             ..MeshConfig::default()
         },
+        mtu_from_underlay: a.mtu.is_none(),
         resync_interval: a.resync_interval,
     };
-    agent::run(cfg, ControlPlaneOnly::default(), shutdown_signal())
-        .await
-        .context("wgmesh agent")
+    match a.dataplane {
+        DataPlaneKind::None => {
+            agent::run(cfg, |_| Ok(ControlPlaneOnly::default()), shutdown_signal()).await
+        }
+        DataPlaneKind::Wireguard => {
+            let dp_cfg = NodeDataPlaneConfig {
+                interface: cfg.mesh.interface.clone(),
+                listen_port: cfg.mesh.listen_port,
+                bridge: cfg.mesh.bridge.clone(),
+                uapi_dir: Some(wgmesh::wireguard::UAPI_DIR.into()),
+            };
+            agent::run(
+                cfg,
+                move |key| NodeDataPlane::new(dp_cfg, key.clone()),
+                shutdown_signal(),
+            )
+            .await
+        }
+    }
+    .context("wgmesh agent")
 }
 
 fn main() -> anyhow::Result<()> {

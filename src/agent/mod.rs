@@ -21,6 +21,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::dataplane::DataPlane;
 use crate::k8s;
 use crate::k8s::watch::NodeWatch;
+use crate::key::PrivateKey;
 use crate::mesh::MeshConfig;
 
 pub use reconcile::Reconciler;
@@ -43,6 +44,8 @@ pub enum Error {
     Kubernetes(#[from] k8s::Error),
     #[error(transparent)]
     DataPlane(#[from] crate::dataplane::Error),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::Error),
     #[error("writing {path}: {source}")]
     File {
         path: PathBuf,
@@ -58,30 +61,47 @@ pub struct AgentConfig {
     pub kubeconfig: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub cni_conf_dir: PathBuf,
+    /// `mesh.mtu` is used as is when `mtu_from_underlay` is false; otherwise the MTU is
+    /// the underlay interface's (the one holding the node's endpoint address) minus
+    /// the WireGuard overhead, once that interface is known.
     pub mesh: MeshConfig,
+    pub mtu_from_underlay: bool,
     pub resync_interval: Duration,
 }
 
 /// Runs the agent until `shutdown` resolves. Returns an error only for what stops the
 /// node from taking part at all (no usable identity, no Kubernetes configuration).
-pub async fn run<D: DataPlane>(
+/// `make_dataplane` builds the data plane once the node's identity is loaded.
+pub async fn run<D, F>(
     cfg: AgentConfig,
-    dataplane: D,
+    make_dataplane: F,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    D: DataPlane,
+    F: FnOnce(&PrivateKey) -> Result<D, crate::dataplane::Error>,
+{
     use tracing::Instrument;
     let span = tracing::info_span!("agent", node = %cfg.node_name);
-    run_inner(cfg, dataplane, shutdown).instrument(span).await
+    run_inner(cfg, make_dataplane, shutdown)
+        .instrument(span)
+        .await
 }
 
-async fn run_inner<D: DataPlane>(
+async fn run_inner<D, F>(
     cfg: AgentConfig,
-    mut dataplane: D,
+    make_dataplane: F,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    D: DataPlane,
+    F: FnOnce(&PrivateKey) -> Result<D, crate::dataplane::Error>,
+{
     let key = identity::load_or_generate(&cfg.state_dir)?;
     let public_key = key.public_key();
     tracing::info!(public_key = %public_key, state_dir = %cfg.state_dir.display(), "starting");
+    let mut dataplane = make_dataplane(&key)?;
+    drop(key);
 
     // The last-known-good mesh first: a restart must not wait for the API server.
     if let Some(plan) = state::load(&cfg.state_dir) {
@@ -94,7 +114,13 @@ async fn run_inner<D: DataPlane>(
     let client = k8s::client(cfg.kubeconfig.as_deref()).await?;
     let changed = Arc::new(Notify::new());
     let watch = NodeWatch::start(client.clone(), changed.clone());
-    let mut reconciler = Reconciler::new(cfg.clone(), client, public_key);
+    // Deleted routes or links wake the loop at once, not at the next resync.
+    let monitor =
+        crate::dataplane::monitor::spawn(changed.clone()).map_err(|source| Error::File {
+            path: "netlink monitor".into(),
+            source,
+        })?;
+    let mut reconciler = Reconciler::new(cfg.clone(), client, public_key)?;
 
     let mut resync = tokio::time::interval(cfg.resync_interval);
     let mut retry_at: Option<Instant> = None;
@@ -123,8 +149,9 @@ async fn run_inner<D: DataPlane>(
             }
         }
     }
-    // Routes, rules and the interface stay: a restarting agent must not open a window
-    // in which pod traffic could leave unencrypted.
+    monitor.abort();
+    // Routes and rules stay: a restarting agent must not open a window in which pod
+    // traffic could leave unencrypted.
     tracing::info!("stopping; the data plane stays in place");
     Ok(())
 }

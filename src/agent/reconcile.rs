@@ -15,6 +15,7 @@ use crate::k8s::events::{EventType, Findings, Reporter};
 use crate::k8s::{publish, translate};
 use crate::key::PublicKey;
 use crate::mesh::{self, MeshPlan, ParsedNode};
+use crate::netlink::Netlink;
 
 /// State kept across passes.
 pub struct Reconciler {
@@ -26,11 +27,17 @@ pub struct Reconciler {
     parsed: HashMap<String, (Option<String>, ParsedNode)>,
     last_plan: Option<MeshPlan>,
     condition_set: bool,
+    nl: Netlink,
 }
 
 impl Reconciler {
-    pub fn new(cfg: AgentConfig, client: kube::Client, public_key: PublicKey) -> Self {
-        Reconciler {
+    /// Needs a tokio runtime (netlink).
+    pub fn new(
+        cfg: AgentConfig,
+        client: kube::Client,
+        public_key: PublicKey,
+    ) -> Result<Self, Error> {
+        Ok(Reconciler {
             reporter: Reporter::new(client.clone(), &cfg.node_name),
             nodes: Api::all(client),
             cfg,
@@ -38,7 +45,8 @@ impl Reconciler {
             parsed: HashMap::new(),
             last_plan: None,
             condition_set: false,
-        }
+            nl: Netlink::connect()?,
+        })
     }
 
     pub async fn reconcile<D: DataPlane>(
@@ -61,7 +69,11 @@ impl Reconciler {
             }
             Some(node) => {
                 let view = translate::node_view(node);
-                match mesh::advertise(&view, &self.public_key, &self.cfg.mesh) {
+                let ad = mesh::advertise(&view, &self.public_key, &self.cfg.mesh);
+                if let Ok(ad) = &ad {
+                    self.detect_mtu(ad).await?;
+                }
+                match ad {
                     Ok(ad) if ad.is_published_on(&view) => published = true,
                     Ok(ad) => {
                         publish::advertisement(&self.nodes, &me, &ad).await?;
@@ -87,16 +99,20 @@ impl Reconciler {
             &self.cfg.mesh,
         );
         for (node, problems) in &plan.rejected {
-            let f = findings.entry(node.clone()).or_default();
-            let message = problems
+            let reportable: Vec<_> = problems.iter().filter(|p| p.is_reportable()).collect();
+            let Some(first) = reportable.first() else {
+                tracing::debug!(peer = %node, "node has not published its advertisement yet");
+                continue;
+            };
+            let message = reportable
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
             // One Event per node and pass: the first reason, every problem in the message.
-            f.insert((
+            findings.entry(node.clone()).or_default().insert((
                 EventType::Warning,
-                problems[0].reason(),
+                first.reason(),
                 format!("left out of the WireGuard mesh: {message}"),
             ));
         }
@@ -159,6 +175,26 @@ impl Reconciler {
                 tracing::info!("set NetworkUnavailable=False");
             }
             self.condition_set = true;
+        }
+        Ok(())
+    }
+
+    /// The mesh MTU from the underlay: the interface holding the node's endpoint address,
+    /// minus WireGuard's worst-case overhead (IPv6 40 + UDP 8 + WireGuard 32 = 80).
+    async fn detect_mtu(&mut self, ad: &mesh::Advertisement) -> Result<(), Error> {
+        const OVERHEAD: u32 = 80;
+        if !self.cfg.mtu_from_underlay {
+            return Ok(());
+        }
+        let crate::model::Host::Ip(ip) = ad.endpoint.host else {
+            return Ok(());
+        };
+        if let Some(link) = self.nl.link_with_address(ip).await? {
+            let mtu = link.mtu.saturating_sub(OVERHEAD).max(1280);
+            if mtu != self.cfg.mesh.mtu {
+                tracing::info!(underlay = %link.name, underlay_mtu = link.mtu, mtu, "mesh MTU from the underlay");
+                self.cfg.mesh.mtu = mtu;
+            }
         }
         Ok(())
     }

@@ -3,6 +3,9 @@
 
 pub mod bridge;
 pub mod firewall;
+pub mod monitor;
+pub mod node;
+pub mod peers;
 pub mod routes;
 
 use std::future::Future;

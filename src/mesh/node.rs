@@ -35,6 +35,13 @@ impl ParsedNode {
 pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    let published = [
+        annotation::PUBLIC_KEY,
+        annotation::ENDPOINT,
+        annotation::FORCE_ENDPOINT,
+    ]
+    .iter()
+    .any(|k| view.annotation(k).is_some());
 
     let public_key = match view.annotation(annotation::PUBLIC_KEY) {
         None => {
@@ -105,6 +112,11 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
         },
     };
 
+    if !published {
+        // Only "not yet": the individual missing annotations would just be noise.
+        problems.retain(|p| !matches!(p, Problem::MissingAnnotation { .. }));
+        problems.insert(0, Problem::NotPublished);
+    }
     ParsedNode {
         name: view.name.clone(),
         public_key,

@@ -74,6 +74,8 @@ pub struct MeshPlan {
     /// underlay.
     pub unreachable: BTreeSet<IpNet>,
     pub firewall: FirewallPlan,
+    /// MTU of the mesh interface, the bridge and pod interfaces.
+    pub mtu: u32,
     /// Nodes left out, and why.
     #[serde(skip)]
     pub rejected: BTreeMap<String, Vec<Problem>>,
@@ -187,6 +189,7 @@ pub fn plan<'a>(
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     out.unreachable = cfg.cluster_cidrs.iter().copied().collect();
+    out.mtu = cfg.mtu;
     out.firewall = firewall(&out, cfg);
     out
 }

@@ -14,6 +14,9 @@ use crate::model::EndpointError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "camelCase")]
 pub enum Problem {
+    /// No wgmesh annotation at all: the node's agent has not published yet (or the
+    /// node does not run wgmesh). Expected while a node joins; not worth an Event.
+    NotPublished,
     MissingAnnotation {
         key: &'static str,
     },
@@ -80,9 +83,15 @@ impl Problem {
         }
     }
 
+    /// Whether the problem deserves an Event (a node still joining does not).
+    pub fn is_reportable(&self) -> bool {
+        !matches!(self, Problem::NotPublished)
+    }
+
     /// The Event reason: a short CamelCase word, stable for alerting.
     pub fn reason(&self) -> &'static str {
         match self {
+            Problem::NotPublished => "NotPublished",
             Problem::MissingAnnotation { .. } => "MissingAnnotation",
             Problem::NoNodeAddress { .. } => "NoNodeAddress",
             Problem::InvalidPublicKey { .. } => "InvalidPublicKey",
@@ -102,6 +111,10 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Problem::NotPublished => write!(
+                f,
+                "node has not published its WireGuard key and endpoint (is wgmesh running there?)"
+            ),
             Problem::MissingAnnotation { key } => write!(f, "annotation {key} is missing"),
             Problem::NoNodeAddress { address_type } => {
                 write!(

@@ -219,6 +219,17 @@ impl Netlink {
             .map_err(nl_err("set hairpin", index.to_string()))
     }
 
+    /// Sets a link's MTU and brings it up.
+    pub async fn set_up_with_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle()
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl_err("set link mtu and up", index.to_string()))
+    }
+
     /// Brings a link up.
     pub async fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();

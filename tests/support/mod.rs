@@ -87,7 +87,14 @@ impl Agent {
             .arg(self.state_dir())
             .arg("--cni-conf-dir")
             .arg(self.cni_dir())
-            .args(["--cluster-cidr", "10.244.0.0/16", "--resync-interval", "5s"])
+            .args([
+                "--cluster-cidr",
+                "10.244.0.0/16",
+                "--resync-interval",
+                "5s",
+                "--dataplane",
+                "none",
+            ])
             .args(extra)
             .env(
                 "RUST_LOG",

@@ -1,0 +1,208 @@
+//! The node's data plane: the pod bridge, the in-process WireGuard device `wgmesh0`
+//! and its peers, the mesh routes, the nftables table and the sysctls, kept equal to
+//! the agent's plan. Adapter; each pass changes only what differs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::{DataPlane, Error, bridge, firewall, peers, routes};
+use crate::key::{PrivateKey, PublicKey};
+use crate::mesh::MeshPlan;
+use crate::model::{Endpoint, Host};
+use crate::netlink::{Link, Netlink};
+use crate::wireguard::{Device, DeviceConfig, PeerConfig};
+
+/// How the node's WireGuard device is set up.
+#[derive(Debug, Clone)]
+pub struct NodeDataPlaneConfig {
+    pub interface: String,
+    pub listen_port: u16,
+    pub bridge: String,
+    /// Where the UAPI socket goes (`wg show` reads it), `None` for no UAPI.
+    pub uapi_dir: Option<PathBuf>,
+}
+
+/// The real data plane of a node.
+pub struct NodeDataPlane {
+    cfg: NodeDataPlaneConfig,
+    key: PrivateKey,
+    nl: Netlink,
+    device: Option<Device>,
+    /// Endpoints the last plan asked for, by peer (see `peers::updates`).
+    last_endpoints: BTreeMap<PublicKey, Option<SocketAddr>>,
+    ready: bool,
+}
+
+fn other(msg: impl Into<String>) -> Error {
+    Error::Other(msg.into())
+}
+
+impl NodeDataPlane {
+    /// Needs a tokio runtime (for its netlink connection).
+    pub fn new(cfg: NodeDataPlaneConfig, key: PrivateKey) -> Result<Self, Error> {
+        Ok(NodeDataPlane {
+            cfg,
+            key,
+            nl: Netlink::connect()?,
+            device: None,
+            last_endpoints: BTreeMap::new(),
+            ready: false,
+        })
+    }
+
+    /// The running WireGuard device, if any (for stats).
+    pub fn device(&self) -> Option<&Device> {
+        self.device.as_ref()
+    }
+
+    /// Starts the device if it is missing or its interface went away (deleted by hand:
+    /// it is recreated, with the same key and port).
+    async fn ensure_device(&mut self, mtu: u32) -> Result<Link, Error> {
+        let link = self.nl.link_by_name(&self.cfg.interface).await?;
+        let alive = match (&self.device, &link) {
+            (Some(d), Some(l)) => {
+                d.ifindex() == l.index && d.wait_timeout(std::time::Duration::ZERO).is_none()
+            }
+            _ => false,
+        };
+        if !alive {
+            if let Some(old) = self.device.take() {
+                tracing::warn!(interface = %self.cfg.interface, "WireGuard interface disappeared; recreating it");
+                old.close();
+                drop(old);
+                self.last_endpoints.clear();
+            } else if link.is_some() {
+                // A leftover interface of a previous process (persistent, or not yet
+                // gone): take its name over.
+                if let Some(l) = &link {
+                    self.nl.delete_link(l.index).await?;
+                }
+            }
+            let device = Device::start(DeviceConfig {
+                private_key: Some(self.key.clone()),
+                listen_port: self.cfg.listen_port,
+                mtu,
+                ..DeviceConfig::new(self.cfg.interface.clone())
+            })
+            .map_err(|e| {
+                other(format!(
+                    "starting WireGuard device {}: {e}",
+                    self.cfg.interface
+                ))
+            })?;
+            if let Some(dir) = &self.cfg.uapi_dir {
+                device
+                    .serve_uapi(dir, false)
+                    .map_err(|e| other(format!("serving UAPI for {}: {e}", self.cfg.interface)))?;
+            }
+            tracing::info!(interface = %self.cfg.interface, port = device.listen_port(), "WireGuard device up");
+            self.device = Some(device);
+        }
+        let link = self
+            .nl
+            .link_by_name(&self.cfg.interface)
+            .await?
+            .ok_or_else(|| {
+                other(format!(
+                    "{} vanished right after creation",
+                    self.cfg.interface
+                ))
+            })?;
+        if !link.up || link.mtu != mtu {
+            self.nl.set_up_with_mtu(link.index, mtu).await?;
+        }
+        Ok(link)
+    }
+
+    async fn sync_peers(&mut self, plan: &MeshPlan) -> Result<(), Error> {
+        let mut desired = BTreeMap::new();
+        for peer in plan.peers.values() {
+            desired.insert(
+                peer.public_key,
+                PeerConfig {
+                    public_key: peer.public_key,
+                    preshared_key: None,
+                    endpoint: resolve(&peer.endpoint).await,
+                    allowed_ips: peer.allowed_ips.clone(),
+                    persistent_keepalive: peer.persistent_keepalive.unwrap_or(0),
+                },
+            );
+        }
+        let device = self
+            .device
+            .as_ref()
+            .ok_or_else(|| other("no WireGuard device"))?;
+        let update = peers::updates(&desired, &device.status().peers, &self.last_endpoints);
+        if !update.peers.is_empty() {
+            device
+                .apply(&update)
+                .map_err(|e| other(format!("configuring WireGuard peers: {e}")))?;
+            tracing::debug!(changes = update.peers.len(), "WireGuard peers updated");
+        }
+        self.last_endpoints = desired.iter().map(|(k, c)| (*k, c.endpoint)).collect();
+        Ok(())
+    }
+}
+
+/// A planned endpoint as a socket address; DNS names are resolved now (`None` if that
+/// fails: the peer keeps its current endpoint and the next pass tries again).
+async fn resolve(endpoint: &Endpoint) -> Option<SocketAddr> {
+    match &endpoint.host {
+        Host::Ip(ip) => Some(SocketAddr::new(*ip, endpoint.port)),
+        Host::Dns(name) => match tokio::net::lookup_host((name.as_str(), endpoint.port)).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                tracing::warn!(endpoint = %endpoint, error = %e, "cannot resolve endpoint");
+                None
+            }
+        },
+    }
+}
+
+impl DataPlane for NodeDataPlane {
+    async fn apply(&mut self, plan: &MeshPlan) -> Result<(), Error> {
+        if let Some(local) = &plan.local {
+            bridge::ensure(&self.nl, &self.cfg.bridge, &local.pod_subnets, plan.mtu).await?;
+        }
+        let link = self.ensure_device(plan.mtu).await?;
+        let dual_stack = plan
+            .local
+            .as_ref()
+            .is_some_and(|l| l.pod_subnets.v6.is_some());
+        set_sysctls(&self.cfg, dual_stack)?;
+        self.sync_peers(plan).await?;
+        routes::reconcile(&self.nl, &routes::desired(plan, Some(link.index))).await?;
+        let fw = plan.firewall.clone();
+        let changed = tokio::task::spawn_blocking(move || firewall::ensure(&fw))
+            .await
+            .map_err(|e| other(format!("nftables task: {e}")))?
+            .map_err(|e| other(e.to_string()))?;
+        if changed {
+            tracing::info!(table = firewall::TABLE, "nftables table applied");
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready
+    }
+}
+
+/// Forwarding on; reverse-path filtering loose on the mesh interface and the bridge,
+/// where asymmetric paths (host-to-remote-pod traffic sourced from the bridge) are
+/// normal.
+fn set_sysctls(cfg: &NodeDataPlaneConfig, dual_stack: bool) -> Result<(), Error> {
+    let set = |k: &str, v: &str| crate::sysctl::write(k, v).map_err(|e| other(e.to_string()));
+    set("net.ipv4.ip_forward", "1")?;
+    if dual_stack {
+        set("net.ipv6.conf.all.forwarding", "1")?;
+    }
+    for iface in [&cfg.interface, &cfg.bridge] {
+        if std::path::Path::new(&format!("/proc/sys/net/ipv4/conf/{iface}")).exists() {
+            set(&format!("net.ipv4.conf.{iface}.rp_filter"), "2")?;
+        }
+    }
+    Ok(())
+}
