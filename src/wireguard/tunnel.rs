@@ -360,7 +360,8 @@ impl Tunnel {
         if tunn.time_since_last_handshake().is_some() {
             flush_queue(tunn, data, ends, scratch);
         }
-        if self.keepalive > 0 {
+        // Without an endpoint there is nowhere to send a keepalive (nor a handshake).
+        if self.keepalive > 0 && self.endpoint.is_some() {
             if self.traffic != self.quiet.0 {
                 self.quiet = (self.traffic, now);
             } else if now.duration_since(self.quiet.1) >= Duration::from_secs(self.keepalive.into())
