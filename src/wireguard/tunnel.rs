@@ -374,9 +374,12 @@ impl Tunnel {
     }
 
     /// Sends a keepalive now (starting a handshake if there is no session), as wg does
-    /// when a persistent keepalive is switched on.
+    /// when a persistent keepalive is switched on. Nothing without an endpoint.
     pub fn keepalive_now(&mut self, outbox: &mut Outbox) {
         let mark = outbox.mark();
+        if self.endpoint.is_none() {
+            return;
+        }
         if let Some(tunn) = self.tunn.as_mut() {
             let Outbox {
                 data,

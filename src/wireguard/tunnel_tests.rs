@@ -287,6 +287,9 @@ fn keepalive_now_without_a_session_starts_a_handshake() {
     let kb = PrivateKey::generate().unwrap();
     let mut a = Side::new(&ka, &kb, None, 1);
     a.tunnel.keepalive_now(&mut a.outbox);
+    assert!(a.outbox.is_empty(), "no endpoint yet");
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    a.tunnel.keepalive_now(&mut a.outbox);
     let sent: Vec<_> = a.outbox.iter().map(<[u8]>::to_vec).collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0][0], MSG_INIT);
