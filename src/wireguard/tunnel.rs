@@ -360,7 +360,8 @@ impl Tunnel {
         if tunn.time_since_last_handshake().is_some() {
             flush_queue(tunn, data, ends, scratch);
         }
-        if self.keepalive > 0 {
+        // Without an endpoint there is nowhere to send a keepalive (nor a handshake).
+        if self.keepalive > 0 && self.endpoint.is_some() {
             if self.traffic != self.quiet.0 {
                 self.quiet = (self.traffic, now);
             } else if now.duration_since(self.quiet.1) >= Duration::from_secs(self.keepalive.into())
@@ -373,9 +374,12 @@ impl Tunnel {
     }
 
     /// Sends a keepalive now (starting a handshake if there is no session), as wg does
-    /// when a persistent keepalive is switched on.
+    /// when a persistent keepalive is switched on. Nothing without an endpoint.
     pub fn keepalive_now(&mut self, outbox: &mut Outbox) {
         let mark = outbox.mark();
+        if self.endpoint.is_none() {
+            return;
+        }
         if let Some(tunn) = self.tunn.as_mut() {
             let Outbox {
                 data,

@@ -287,6 +287,9 @@ fn keepalive_now_without_a_session_starts_a_handshake() {
     let kb = PrivateKey::generate().unwrap();
     let mut a = Side::new(&ka, &kb, None, 1);
     a.tunnel.keepalive_now(&mut a.outbox);
+    assert!(a.outbox.is_empty(), "no endpoint yet");
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    a.tunnel.keepalive_now(&mut a.outbox);
     let sent: Vec<_> = a.outbox.iter().map(<[u8]>::to_vec).collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0][0], MSG_INIT);
@@ -353,4 +356,18 @@ fn an_initiation_over_the_rate_limit_is_answered_with_a_cookie_the_initiator_acc
         "an unproven address is not learned"
     );
     assert_eq!(a.receive(B_ADDR, &replies[0]).0, Ok(None));
+}
+
+#[test]
+fn a_persistent_keepalive_waits_for_an_endpoint() {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    let t0 = Instant::now();
+    a.tunnel.set_persistent_keepalive(1, t0);
+    a.tunnel.tick(t0 + Duration::from_secs(5), &mut a.outbox);
+    assert!(a.outbox.is_empty());
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    a.tunnel.tick(t0 + Duration::from_secs(10), &mut a.outbox);
+    assert_eq!(a.outbox.iter().next().map(|d| d[0]), Some(MSG_INIT));
 }
