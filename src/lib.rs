@@ -20,4 +20,5 @@ pub mod mesh;
 pub mod model;
 pub mod netlink;
 pub mod sysctl;
+pub mod uninstall;
 pub mod wireguard;

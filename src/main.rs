@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run the node agent (one per node, as a DaemonSet).
     Agent(AgentArgs),
+    /// Remove everything the agent created on this node: the nftables table, routes,
+    /// wgmesh0, the bridge, the CNI config and the state directory (private key).
+    Uninstall(UninstallArgs),
     /// Print the version and exit.
     Version,
 }
@@ -53,10 +56,25 @@ enum LogFormat {
 }
 
 #[derive(Debug, Args)]
+struct UninstallArgs {
+    #[arg(long, default_value = "wgmesh0")]
+    interface: String,
+    #[arg(long, default_value = wgmesh::cni::config::DEFAULT_BRIDGE)]
+    bridge: String,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "/var/lib/wgmesh")]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct AgentArgs {
+    /// Remove everything the agent created on this node and exit (= `wgmesh uninstall`).
+    #[arg(long)]
+    cleanup: bool,
     /// Name of this node's Node object.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "NODE_NAME", required_unless_present = "cleanup")]
+    node_name: Option<String>,
     /// kubeconfig file; without it, KUBECONFIG, then the in-cluster configuration.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -139,9 +157,27 @@ async fn shutdown_signal() {
     }
 }
 
+async fn uninstall(u: wgmesh::uninstall::Uninstall) -> anyhow::Result<()> {
+    let failed = wgmesh::uninstall::run(&u).await;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("uninstall incomplete: {}", failed.join("; "))
+    }
+}
+
 async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    if a.cleanup {
+        return uninstall(wgmesh::uninstall::Uninstall {
+            interface: a.interface,
+            bridge: wgmesh::cni::config::DEFAULT_BRIDGE.into(),
+            cni_conf_dir: a.cni_conf_dir,
+            state_dir: a.state_dir,
+        })
+        .await;
+    }
     let cfg = AgentConfig {
-        node_name: a.node_name,
+        node_name: a.node_name.unwrap_or_default(),
         kubeconfig: a.kubeconfig,
         state_dir: a.state_dir,
         cni_conf_dir: a.cni_conf_dir,
@@ -187,13 +223,20 @@ fn main() -> anyhow::Result<()> {
             println!("wgmesh {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Agent(a) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("wgmesh-agent")
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(run_agent(a))
-        }
+        Command::Agent(a) => runtime()?.block_on(run_agent(a)),
+        Command::Uninstall(u) => runtime()?.block_on(uninstall(wgmesh::uninstall::Uninstall {
+            interface: u.interface,
+            bridge: u.bridge,
+            cni_conf_dir: u.cni_conf_dir,
+            state_dir: u.state_dir,
+        })),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wgmesh")
+        .build()
+        .context("starting the async runtime")
 }
