@@ -20,5 +20,6 @@ pub mod mesh;
 pub mod model;
 pub mod netlink;
 pub mod sysctl;
+pub mod telemetry;
 pub mod uninstall;
 pub mod wireguard;

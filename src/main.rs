@@ -11,6 +11,7 @@ use wgmesh::dataplane::ControlPlaneOnly;
 use wgmesh::dataplane::node::{NodeDataPlane, NodeDataPlaneConfig};
 use wgmesh::mesh::MeshConfig;
 use wgmesh::model::AddressType;
+use wgmesh::telemetry::{Readiness, Telemetry};
 
 /// Kubernetes pod network over an encrypted WireGuard full mesh.
 #[derive(Debug, Parser)]
@@ -108,6 +109,9 @@ struct AgentArgs {
     /// `none`: control plane only, no packet path (for testing the control plane).
     #[arg(long, value_enum, default_value_t = DataPlaneKind::Wireguard)]
     dataplane: DataPlaneKind,
+    /// Address of the HTTP endpoint: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9474")]
+    metrics_addr: std::net::SocketAddr,
     /// Full recompute and re-apply at least this often, even without changes.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
@@ -192,10 +196,28 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         },
         mtu_from_underlay: a.mtu.is_none(),
         resync_interval: a.resync_interval,
+        metrics_addr: Some(a.metrics_addr),
     };
+    let readiness = match a.dataplane {
+        DataPlaneKind::None => Readiness::ControlPlaneOnly,
+        DataPlaneKind::Wireguard => Readiness::Node {
+            interface: cfg.mesh.interface.clone(),
+        },
+    };
+    let telemetry = Telemetry::new(
+        readiness,
+        cfg.cni_conf_dir.join(agent::CONFLIST),
+        cfg.resync_interval,
+    );
     match a.dataplane {
         DataPlaneKind::None => {
-            agent::run(cfg, |_| Ok(ControlPlaneOnly::default()), shutdown_signal()).await
+            agent::run(
+                cfg,
+                telemetry,
+                |_| Ok(ControlPlaneOnly::default()),
+                shutdown_signal(),
+            )
+            .await
         }
         DataPlaneKind::Wireguard => {
             let dp_cfg = NodeDataPlaneConfig {
@@ -204,9 +226,11 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
                 bridge: cfg.mesh.bridge.clone(),
                 uapi_dir: Some(wgmesh::wireguard::UAPI_DIR.into()),
             };
+            let t = telemetry.clone();
             agent::run(
                 cfg,
-                move |key| NodeDataPlane::new(dp_cfg, key.clone()),
+                telemetry,
+                move |key| NodeDataPlane::new(dp_cfg, key.clone(), Some(t)),
                 shutdown_signal(),
             )
             .await

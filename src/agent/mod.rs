@@ -23,6 +23,7 @@ use crate::k8s;
 use crate::k8s::watch::NodeWatch;
 use crate::key::PrivateKey;
 use crate::mesh::MeshConfig;
+use crate::telemetry::Telemetry;
 
 pub use reconcile::Reconciler;
 
@@ -46,6 +47,14 @@ pub enum Error {
     DataPlane(#[from] crate::dataplane::Error),
     #[error(transparent)]
     Netlink(#[from] crate::netlink::Error),
+    #[error("cannot serve --metrics-addr {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch the kernel's routes and links: {0}")]
+    Monitor(#[source] std::io::Error),
     #[error("writing {path}: {source}")]
     File {
         path: PathBuf,
@@ -67,6 +76,8 @@ pub struct AgentConfig {
     pub mesh: MeshConfig,
     pub mtu_from_underlay: bool,
     pub resync_interval: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until `shutdown` resolves. Returns an error only for what stops the
@@ -74,6 +85,7 @@ pub struct AgentConfig {
 /// `make_dataplane` builds the data plane once the node's identity is loaded.
 pub async fn run<D, F>(
     cfg: AgentConfig,
+    telemetry: Arc<Telemetry>,
     make_dataplane: F,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error>
@@ -83,13 +95,14 @@ where
 {
     use tracing::Instrument;
     let span = tracing::info_span!("agent", node = %cfg.node_name);
-    run_inner(cfg, make_dataplane, shutdown)
+    run_inner(cfg, telemetry, make_dataplane, shutdown)
         .instrument(span)
         .await
 }
 
 async fn run_inner<D, F>(
     cfg: AgentConfig,
+    telemetry: Arc<Telemetry>,
     make_dataplane: F,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error>
@@ -102,6 +115,14 @@ where
     tracing::info!(public_key = %public_key, state_dir = %cfg.state_dir.display(), "starting");
     let mut dataplane = make_dataplane(&key)?;
     drop(key);
+    let server = match cfg.metrics_addr {
+        Some(addr) => Some(
+            crate::telemetry::http::serve(addr, telemetry.clone())
+                .await
+                .map_err(|source| Error::Listen { addr, source })?,
+        ),
+        None => None,
+    };
 
     // The last-known-good mesh first: a restart must not wait for the API server.
     if let Some(plan) = state::load(&cfg.state_dir) {
@@ -115,11 +136,7 @@ where
     let changed = Arc::new(Notify::new());
     let watch = NodeWatch::start(client.clone(), changed.clone());
     // Deleted routes or links wake the loop at once, not at the next resync.
-    let monitor =
-        crate::dataplane::monitor::spawn(changed.clone()).map_err(|source| Error::File {
-            path: "netlink monitor".into(),
-            source,
-        })?;
+    let monitor = crate::dataplane::monitor::spawn(changed.clone()).map_err(Error::Monitor)?;
     let mut reconciler = Reconciler::new(cfg.clone(), client, public_key)?;
 
     let mut resync = tokio::time::interval(cfg.resync_interval);
@@ -134,10 +151,20 @@ where
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
         }
         sleep(COALESCE).await;
+        telemetry.progressed();
         if !watch.is_synced() {
             continue;
         }
-        match reconciler.reconcile(&watch.nodes(), &mut dataplane).await {
+        let started = std::time::Instant::now();
+        let result = reconciler.reconcile(&watch.nodes(), &mut dataplane).await;
+        telemetry.reconciled(
+            started.elapsed(),
+            result
+                .as_ref()
+                .map_err(|_| ())
+                .and_then(|()| reconciler.plan().ok_or(())),
+        );
+        match result {
             Ok(()) => {
                 retry_at = None;
                 retry_delay = RETRY_MIN;
@@ -150,6 +177,9 @@ where
         }
     }
     monitor.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
     // Routes and rules stay: a restarting agent must not open a window in which pod
     // traffic could leave unencrypted.
     tracing::info!("stopping; the data plane stays in place");

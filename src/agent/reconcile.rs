@@ -199,6 +199,11 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The plan of the last successful pass.
+    pub fn plan(&self) -> Option<&MeshPlan> {
+        self.last_plan.as_ref()
+    }
+
     /// Re-parses only nodes whose resourceVersion changed; forgets deleted nodes.
     fn refresh_parsed(&mut self, nodes: &[Arc<Node>]) {
         let mut fresh = HashMap::with_capacity(nodes.len());

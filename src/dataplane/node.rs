@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{DataPlane, Error, bridge, firewall, peers, routes};
 use crate::key::{PrivateKey, PublicKey};
 use crate::mesh::MeshPlan;
 use crate::model::{Endpoint, Host};
 use crate::netlink::{Link, Netlink};
+use crate::telemetry::Telemetry;
 use crate::wireguard::{Device, DeviceConfig, PeerConfig};
 
 /// How the node's WireGuard device is set up.
@@ -28,7 +30,8 @@ pub struct NodeDataPlane {
     cfg: NodeDataPlaneConfig,
     key: PrivateKey,
     nl: Netlink,
-    device: Option<Device>,
+    device: Option<Arc<Device>>,
+    telemetry: Option<Arc<Telemetry>>,
     /// Endpoints the last plan asked for, by peer (see `peers::updates`).
     last_endpoints: BTreeMap<PublicKey, Option<SocketAddr>>,
     ready: bool,
@@ -40,20 +43,27 @@ fn other(msg: impl Into<String>) -> Error {
 
 impl NodeDataPlane {
     /// Needs a tokio runtime (for its netlink connection).
-    pub fn new(cfg: NodeDataPlaneConfig, key: PrivateKey) -> Result<Self, Error> {
+    /// `telemetry` receives the device for per-peer metrics.
+    pub fn new(
+        cfg: NodeDataPlaneConfig,
+        key: PrivateKey,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Result<Self, Error> {
         Ok(NodeDataPlane {
             cfg,
             key,
             nl: Netlink::connect()?,
             device: None,
+            telemetry,
             last_endpoints: BTreeMap::new(),
             ready: false,
         })
     }
 
-    /// The running WireGuard device, if any (for stats).
-    pub fn device(&self) -> Option<&Device> {
-        self.device.as_ref()
+    fn publish_device(&self) {
+        if let Some(t) = &self.telemetry {
+            t.set_device(self.device.clone());
+        }
     }
 
     /// Starts the device if it is missing or its interface went away (deleted by hand:
@@ -69,6 +79,8 @@ impl NodeDataPlane {
         if !alive {
             if let Some(old) = self.device.take() {
                 tracing::warn!(interface = %self.cfg.interface, "WireGuard interface disappeared; recreating it");
+                // Every handle must go for the old device to release its port.
+                self.publish_device();
                 old.close();
                 drop(old);
                 self.last_endpoints.clear();
@@ -97,7 +109,8 @@ impl NodeDataPlane {
                     .map_err(|e| other(format!("serving UAPI for {}: {e}", self.cfg.interface)))?;
             }
             tracing::info!(interface = %self.cfg.interface, port = device.listen_port(), "WireGuard device up");
-            self.device = Some(device);
+            self.device = Some(Arc::new(device));
+            self.publish_device();
         }
         let link = self
             .nl

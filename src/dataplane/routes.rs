@@ -102,6 +102,22 @@ pub async fn reconcile(nl: &Netlink, want: &[Route]) -> Result<Changes> {
     Ok(changes)
 }
 
+/// The planned routes the kernel does not have (for readiness).
+pub async fn missing(nl: &Netlink, want: &[Route]) -> Result<Vec<IpNet>> {
+    let mut have: Vec<Route> = nl.routes(false).await?;
+    have.extend(nl.routes(true).await?);
+    let have_keys: BTreeSet<Key> = have
+        .iter()
+        .filter(|r| r.protocol == PROTO_WGMESH)
+        .map(key)
+        .collect();
+    Ok(want
+        .iter()
+        .filter(|r| !have_keys.contains(&key(r)))
+        .map(|r| r.dst)
+        .collect())
+}
+
 /// Removes every wgmesh route (uninstall).
 pub async fn remove_all(nl: &Netlink) -> Result<usize> {
     reconcile(nl, &[]).await.map(|c| c.removed.len())

@@ -94,6 +94,8 @@ impl Agent {
                 "5s",
                 "--dataplane",
                 "none",
+                "--metrics-addr",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env(

@@ -1,0 +1,153 @@
+//! Per-peer and per-drop-reason metrics, read from the WireGuard device at scrape time.
+//! Adapter.
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::{Observed, read};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    node: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Debug)]
+pub(super) struct MeshCollector {
+    observed: Arc<RwLock<Observed>>,
+}
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observed")
+    }
+}
+
+impl MeshCollector {
+    pub(super) fn new(observed: Arc<RwLock<Observed>>) -> Self {
+        MeshCollector { observed }
+    }
+}
+
+/// One metric family: a descriptor, then a value per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for MeshCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let observed = read(&self.observed);
+        let peers = observed
+            .plan
+            .as_ref()
+            .map(|p| p.peers.clone())
+            .unwrap_or_default();
+        let metric = encoder.encode_descriptor(
+            "peers",
+            "WireGuard peers configured (other nodes)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(peers.len() as i64).encode(metric)?;
+        let Some(device) = observed.device.as_ref() else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let stats: Vec<_> = peers
+            .iter()
+            .map(|(node, p)| {
+                (
+                    NodeLabel { node: node.clone() },
+                    device.peer_stats(&p.public_key).unwrap_or_default(),
+                )
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "peer_last_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with the peer (peers with a handshake only)",
+            MetricType::Gauge,
+            stats.iter().filter_map(|(l, s)| {
+                let at = s.last_handshake?;
+                Some((
+                    l.clone(),
+                    ConstGauge::new(now.duration_since(at).unwrap_or_default().as_secs_f64()),
+                ))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "peer_receive_bytes",
+            "Bytes received from the peer",
+            MetricType::Counter,
+            stats
+                .iter()
+                .map(|(l, s)| (l.clone(), ConstCounter::new(s.rx_bytes))),
+        )?;
+        family(
+            &mut encoder,
+            "peer_transmit_bytes",
+            "Bytes sent to the peer",
+            MetricType::Counter,
+            stats
+                .iter()
+                .map(|(l, s)| (l.clone(), ConstCounter::new(s.tx_bytes))),
+        )?;
+        family(
+            &mut encoder,
+            "peer_endpoint_info",
+            "The peer's current endpoint (configured or roamed)",
+            MetricType::Gauge,
+            stats.iter().filter_map(|(l, s)| {
+                Some((
+                    EndpointLabels {
+                        node: l.node.clone(),
+                        endpoint: s.endpoint?.to_string(),
+                    },
+                    ConstGauge::new(1i64),
+                ))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "dataplane_packets_dropped",
+            "Packets the WireGuard data plane dropped, by reason",
+            MetricType::Counter,
+            device.drops().snapshot().into_iter().map(|(r, n)| {
+                (
+                    ReasonLabel {
+                        reason: r.as_str().to_string(),
+                    },
+                    ConstCounter::new(n),
+                )
+            }),
+        )?;
+        Ok(())
+    }
+}

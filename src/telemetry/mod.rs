@@ -1,0 +1,278 @@
+//! What the agent tells operators: Prometheus metrics, liveness and readiness.
+//! Adapter; the HTTP side is in [`http`].
+//!
+//! The reconcile loop records its progress and results here; the data plane hands over
+//! its WireGuard device; per-peer numbers are read from the device at scrape time, so
+//! they are never stale.
+
+mod collector;
+mod health;
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::mesh::MeshPlan;
+use crate::wireguard::Device;
+
+/// What readiness checks beyond the CNI config.
+#[derive(Debug, Clone)]
+pub enum Readiness {
+    /// `--dataplane none`: the control plane only.
+    ControlPlaneOnly,
+    /// The real data plane: the mesh interface, routes and nftables table.
+    Node { interface: String },
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// The state shared with the scrape-time collector and the readiness check.
+#[derive(Default)]
+pub(crate) struct Observed {
+    pub device: Option<Arc<Device>>,
+    pub plan: Option<MeshPlan>,
+}
+
+pub struct Telemetry {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Counter,
+    reconcile_duration: Histogram,
+    nodes_rejected: Family<ReasonLabel, Gauge>,
+    observed: Arc<RwLock<Observed>>,
+    started: Instant,
+    /// Milliseconds after `started` of the reconcile loop's last turn.
+    progress_ms: AtomicU64,
+    synced: AtomicBool,
+    readiness: Readiness,
+    conflist: PathBuf,
+    /// /healthz fails when the loop has not turned for this long.
+    stale_after: Duration,
+}
+
+impl Telemetry {
+    pub fn new(readiness: Readiness, conflist: PathBuf, resync_interval: Duration) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("wgmesh");
+        let reconciles = Counter::default();
+        let reconcile_errors = Counter::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let nodes_rejected = Family::<ReasonLabel, Gauge>::default();
+        registry.register("reconciles", "Reconcile passes", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconcile passes that failed",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "nodes_rejected",
+            "Nodes left out of the mesh, by reason",
+            nodes_rejected.clone(),
+        );
+        registry.register(
+            "build",
+            "wgmesh build information",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        let observed = Arc::new(RwLock::new(Observed::default()));
+        registry.register_collector(Box::new(collector::MeshCollector::new(observed.clone())));
+        Arc::new(Telemetry {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            nodes_rejected,
+            observed,
+            started: Instant::now(),
+            progress_ms: AtomicU64::new(0),
+            synced: AtomicBool::new(false),
+            readiness,
+            conflist,
+            stale_after: (resync_interval * 3).max(Duration::from_secs(60)),
+        })
+    }
+
+    /// The loop turned (whatever the outcome).
+    pub fn progressed(&self) {
+        self.progress_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A reconcile pass finished.
+    pub fn reconciled(&self, took: Duration, result: Result<&MeshPlan, ()>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        match result {
+            Ok(plan) => {
+                self.synced.store(true, Ordering::Relaxed);
+                let mut by_reason: BTreeMap<&'static str, i64> = BTreeMap::new();
+                for problems in plan.rejected.values() {
+                    if let Some(p) = problems.first() {
+                        *by_reason.entry(p.reason()).or_default() += 1;
+                    }
+                }
+                self.nodes_rejected.clear();
+                for (reason, n) in by_reason {
+                    self.nodes_rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: reason.to_string(),
+                        })
+                        .set(n);
+                }
+                write(&self.observed).plan = Some(plan.clone());
+            }
+            Err(()) => {
+                self.reconcile_errors.inc();
+            }
+        }
+    }
+
+    /// The data plane's WireGuard device (per-peer metrics, drops).
+    pub fn set_device(&self, device: Option<Arc<Device>>) {
+        write(&self.observed).device = device;
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Liveness: the loop turned recently.
+    pub fn healthy(&self) -> Result<(), String> {
+        let last = Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
+        let idle = self.started.elapsed().saturating_sub(last);
+        if idle > self.stale_after {
+            return Err(format!(
+                "reconcile loop has not run for {}s",
+                idle.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Readiness: synced once, CNI config written, and the data plane in place.
+    pub async fn ready(&self) -> Result<(), String> {
+        if !self.synced.load(Ordering::Relaxed) {
+            return Err("no successful reconcile yet".into());
+        }
+        if !self.conflist.exists() {
+            return Err(format!(
+                "CNI config {} not written",
+                self.conflist.display()
+            ));
+        }
+        match &self.readiness {
+            Readiness::ControlPlaneOnly => Ok(()),
+            Readiness::Node { interface } => {
+                let plan = read(&self.observed).plan.clone().unwrap_or_default();
+                health::data_plane(interface, &plan).await
+            }
+        }
+    }
+}
+
+// A poisoned lock only means a panic elsewhere while holding it; the data is still
+// usable for reporting.
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::Problem;
+
+    #[test]
+    fn metrics_have_the_documented_names_and_labels() {
+        let t = Telemetry::new(
+            Readiness::ControlPlaneOnly,
+            "/nonexistent".into(),
+            Duration::from_secs(30),
+        );
+        let mut plan = MeshPlan::default();
+        plan.rejected.insert("b".into(), vec![Problem::NoPodCidrs]);
+        plan.rejected.insert("c".into(), vec![Problem::NoPodCidrs]);
+        plan.rejected
+            .insert("d".into(), vec![Problem::PublicKeyOfThisNode]);
+        t.reconciled(Duration::from_millis(3), Ok(&plan));
+        t.reconciled(Duration::from_millis(5), Err(()));
+        let text = t.encode();
+        for line in [
+            "wgmesh_reconciles_total 2",
+            "wgmesh_reconcile_errors_total 1",
+            "wgmesh_reconcile_duration_seconds_count 2",
+            "wgmesh_nodes_rejected{reason=\"NoPodCIDRs\"} 2",
+            "wgmesh_nodes_rejected{reason=\"DuplicatePublicKey\"} 1",
+            "wgmesh_peers 0",
+            &format!(
+                "wgmesh_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("# TYPE wgmesh_reconcile_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn liveness_follows_the_loop_and_readiness_needs_a_sync_and_the_cni_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let conflist = dir.path().join("10-wgmesh.conflist");
+        let t = Telemetry::new(
+            Readiness::ControlPlaneOnly,
+            conflist.clone(),
+            Duration::from_secs(30),
+        );
+        t.progressed();
+        assert!(t.healthy().is_ok());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(
+            rt.block_on(t.ready())
+                .unwrap_err()
+                .contains("no successful reconcile")
+        );
+        t.reconciled(Duration::ZERO, Ok(&MeshPlan::default()));
+        assert!(rt.block_on(t.ready()).unwrap_err().contains("CNI config"));
+        std::fs::write(&conflist, "{}").unwrap();
+        assert!(rt.block_on(t.ready()).is_ok());
+        // A failed pass after the first sync (e.g. the API server is down) keeps it ready.
+        t.reconciled(Duration::ZERO, Err(()));
+        assert!(rt.block_on(t.ready()).is_ok());
+    }
+}
