@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Run the node agent (one per node, as a DaemonSet).
     Agent(AgentArgs),
+    /// The nodes of the mesh: endpoints, pod CIDRs, keys, handshakes, traffic, problems.
+    Status(StatusArgs),
+    /// The mesh as Graphviz DOT (render with `dot -Tsvg`).
+    Graph(StatusArgs),
     /// Remove everything the agent created on this node: the nftables table, routes,
     /// wgmesh0, the bridge, the CNI config and the state directory (private key).
     Uninstall(UninstallArgs),
@@ -53,6 +57,30 @@ enum DataPlaneKind {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// kubeconfig file; without it, KUBECONFIG, then the in-cluster configuration.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The node this runs on: its WireGuard device is read for handshakes and traffic.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    #[arg(long, default_value = "wgmesh0")]
+    interface: String,
+    /// The cluster's pod range, to flag node CIDRs outside it.
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<IpNet>,
+    /// Output format (status only).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
     Json,
 }
 
@@ -161,6 +189,25 @@ async fn shutdown_signal() {
     }
 }
 
+async fn status(a: StatusArgs, graph: bool) -> anyhow::Result<()> {
+    let snapshot = wgmesh::status::fetch::snapshot(&wgmesh::status::fetch::Options {
+        kubeconfig: a.kubeconfig,
+        node_name: a.node_name,
+        interface: a.interface,
+        uapi_dir: wgmesh::wireguard::UAPI_DIR.into(),
+        cluster_cidrs: a.cluster_cidr,
+    })
+    .await
+    .context("reading the mesh")?;
+    let text = match (graph, a.output) {
+        (true, _) => wgmesh::status::dot(&snapshot),
+        (false, OutputFormat::Table) => snapshot.table(),
+        (false, OutputFormat::Json) => snapshot.json(),
+    };
+    print!("{text}");
+    Ok(())
+}
+
 async fn uninstall(u: wgmesh::uninstall::Uninstall) -> anyhow::Result<()> {
     let failed = wgmesh::uninstall::run(&u).await;
     if failed.is_empty() {
@@ -248,6 +295,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(a) => runtime()?.block_on(run_agent(a)),
+        Command::Status(a) => runtime()?.block_on(status(a, false)),
+        Command::Graph(a) => runtime()?.block_on(status(a, true)),
         Command::Uninstall(u) => runtime()?.block_on(uninstall(wgmesh::uninstall::Uninstall {
             interface: u.interface,
             bridge: u.bridge,

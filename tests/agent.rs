@@ -328,3 +328,92 @@ async fn agents_reconnect_after_the_api_server_restarts_and_see_what_changed() {
     agents[0].wait_for_peers(&["n2", "n3"], WAIT);
     agents[1].wait_for_peers(&["n1", "n3"], WAIT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wgmesh_status_and_graph_show_the_mesh_from_the_api() {
+    let server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    for i in 1..=2 {
+        create_node(
+            &nodes,
+            &node(
+                &format!("n{i}"),
+                &format!("192.0.2.{i}"),
+                &format!("10.244.{i}.0/24"),
+            ),
+        )
+        .await;
+    }
+    let mut bad = node("bad", "192.0.2.9", "10.244.9.0/24");
+    bad.metadata.annotations = Some(BTreeMap::from([(
+        "wgmesh.io/public-key".to_string(),
+        "x".to_string(),
+    )]));
+    create_node(&nodes, &bad).await;
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
+        .collect();
+    agents[0].wait_for_peers(&["n2"], WAIT);
+    agents[1].wait_for_peers(&["n1"], WAIT);
+    let wgmesh = |args: &[&str]| {
+        let out = std::process::Command::new(wgmesh_testkit::workspace_bin("wgmesh"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(server.kubeconfig())
+            .output()
+            .expect("wgmesh runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let table = wgmesh(&["status"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[2].starts_with("n1")
+            && lines[2].contains("192.0.2.1:51820")
+            && lines[2].contains("10.244.1.0/24"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("bad") && lines[1].contains("InvalidPublicKey"),
+        "{table}"
+    );
+
+    let rows: serde_json::Value =
+        serde_json::from_str(&wgmesh(&["status", "-o", "json"])).expect("JSON");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+    let n2 = &rows[2];
+    assert_eq!(n2["name"], "n2");
+    assert_eq!(
+        n2["public_key"],
+        private_key_of(&agents[1]).public_key().to_base64()
+    );
+    assert_eq!(n2["problems"], json!([]));
+
+    let dot = wgmesh(&["graph"]);
+    assert!(dot.contains("\"n1\" -- \"n2\""), "{dot}");
+    assert!(dot.contains("left out: InvalidPublicKey"), "{dot}");
+    // And Graphviz renders it.
+    let mut render = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("graphviz `dot` (hack/install-deps.sh installs it)");
+    use std::io::Write;
+    render
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let svg = render.wait_with_output().unwrap();
+    assert!(
+        svg.status.success() && String::from_utf8_lossy(&svg.stdout).contains("<svg"),
+        "dot failed"
+    );
+}

@@ -25,6 +25,7 @@ mod sys;
 pub mod tun;
 pub mod tunnel;
 pub mod uapi;
+pub mod uapi_client;
 mod uapi_server;
 pub mod udp;
 

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::config::{ConfigUpdate, DeviceStatus, PeerUpdate};
 use super::error::UapiError;
+use super::peer::{PeerConfig, PeerStats, PeerStatus};
 use crate::key::{PrivateKey, PublicKey};
 
 /// The answer to a successful `set`.
@@ -198,6 +199,97 @@ pub fn get_response(status: &DeviceStatus) -> Zeroizing<String> {
     }
     o.push_str(SET_OK);
     out
+}
+
+/// Parses the answer to `get=1` (what [`get_response`] writes, or what wireguard-go and
+/// the kernel's wg(8) answers say), for clients such as `wgmesh status`.
+pub fn parse_get(text: &str) -> Result<DeviceStatus, UapiError> {
+    let mut status = DeviceStatus::default();
+    let mut handshake_sec: u64 = 0;
+    let mut handshake_nsec: u32 = 0;
+    let finish_handshake = |status: &mut DeviceStatus, sec: &mut u64, nsec: &mut u32| {
+        if let Some(p) = status.peers.last_mut()
+            && (*sec != 0 || *nsec != 0)
+        {
+            p.stats.last_handshake = Some(UNIX_EPOCH + std::time::Duration::new(*sec, *nsec));
+        }
+        (*sec, *nsec) = (0, 0);
+    };
+    for line in text.lines() {
+        if line.is_empty() {
+            break;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| UapiError::invalid(format!("line without '=': {line:?}")))?;
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| UapiError::invalid(format!("{key}={v:?}")))
+        };
+        match key {
+            "errno" => {
+                let errno: i32 = value
+                    .parse()
+                    .map_err(|_| UapiError::invalid(format!("errno={value:?}")))?;
+                if errno != 0 {
+                    return Err(UapiError {
+                        errno: errno.abs(),
+                        message: format!("device answered errno={errno}"),
+                    });
+                }
+            }
+            "private_key" => {
+                status.private_key = Some(
+                    PrivateKey::from_hex(value).map_err(|e| UapiError::invalid(e.to_string()))?,
+                )
+            }
+            "listen_port" => status.listen_port = num(value)? as u16,
+            "fwmark" => status.fwmark = num(value)? as u32,
+            "public_key" => {
+                finish_handshake(&mut status, &mut handshake_sec, &mut handshake_nsec);
+                let key =
+                    PublicKey::from_hex(value).map_err(|e| UapiError::invalid(e.to_string()))?;
+                status.peers.push(PeerStatus {
+                    config: PeerConfig::new(key),
+                    stats: PeerStats::default(),
+                });
+            }
+            "preshared_key" => {
+                let k =
+                    PrivateKey::from_hex(value).map_err(|e| UapiError::invalid(e.to_string()))?;
+                last_peer(&mut status, key)?.config.preshared_key = (!k.is_zero()).then_some(k);
+            }
+            "endpoint" => {
+                let ep = parse_endpoint(value)?;
+                let p = last_peer(&mut status, key)?;
+                p.stats.endpoint = Some(ep);
+                p.config.endpoint = Some(ep);
+            }
+            "last_handshake_time_sec" => handshake_sec = num(value)?,
+            "last_handshake_time_nsec" => handshake_nsec = num(value)? as u32,
+            "tx_bytes" => last_peer(&mut status, key)?.stats.tx_bytes = num(value)?,
+            "rx_bytes" => last_peer(&mut status, key)?.stats.rx_bytes = num(value)?,
+            "persistent_keepalive_interval" => {
+                last_peer(&mut status, key)?.config.persistent_keepalive = num(value)? as u16
+            }
+            "allowed_ip" => {
+                let net = parse_allowed_ip(value)?;
+                last_peer(&mut status, key)?.config.allowed_ips.push(net);
+            }
+            // protocol_version and anything newer are not needed by readers.
+            _ => {}
+        }
+    }
+    finish_handshake(&mut status, &mut handshake_sec, &mut handshake_nsec);
+    Ok(status)
+}
+
+/// The peer block a `get` line belongs to: the last `public_key` seen.
+fn last_peer<'a>(status: &'a mut DeviceStatus, key: &str) -> Result<&'a mut PeerStatus, UapiError> {
+    status
+        .peers
+        .last_mut()
+        .ok_or_else(|| UapiError::invalid(format!("{key} before any public_key")))
 }
 
 #[cfg(test)]

@@ -250,3 +250,38 @@ fn what_get_writes_set_reads_back() {
     assert_eq!(u.peers[0].endpoint, status.peers[0].stats.endpoint);
     assert_eq!(u.peers[0].allowed_ips, status.peers[0].config.allowed_ips);
 }
+
+#[test]
+fn get_answers_parse_back_to_the_same_status() {
+    let key = PrivateKey::generate().unwrap();
+    let peer_key = PrivateKey::generate().unwrap().public_key();
+    let status = DeviceStatus {
+        private_key: Some(key),
+        listen_port: 51820,
+        fwmark: 7,
+        peers: vec![PeerStatus {
+            config: PeerConfig {
+                public_key: peer_key,
+                preshared_key: None,
+                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+                allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+                persistent_keepalive: 25,
+            },
+            stats: PeerStats {
+                rx_bytes: 1234,
+                tx_bytes: 5678,
+                last_handshake: Some(UNIX_EPOCH + std::time::Duration::new(1_800_000_000, 5)),
+                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+            },
+        }],
+    };
+    let back = parse_get(&get_response(&status)).unwrap();
+    assert_eq!(back, status);
+    let err = parse_get("errno=-22\n\n").unwrap_err();
+    assert_eq!(err.errno, 22);
+    assert!(
+        parse_get("rx_bytes=1\n\n").is_err(),
+        "a peer field before any peer"
+    );
+    assert!(parse_get("public_key=zz\n\n").is_err());
+}

@@ -1,0 +1,84 @@
+//! Gathers what `wgmesh status` and `wgmesh graph` show: every Node from the API server
+//! and, on a node, its WireGuard device over the UAPI socket. Adapter.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
+
+use super::Snapshot;
+use crate::k8s::{self, translate};
+use crate::mesh::{self, MeshConfig, ParsedNode};
+use crate::wireguard::uapi_client;
+
+pub struct Options {
+    pub kubeconfig: Option<PathBuf>,
+    /// The node this runs on (its device is read, its point of view planned).
+    pub node_name: Option<String>,
+    pub interface: String,
+    pub uapi_dir: PathBuf,
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+pub async fn snapshot(o: &Options) -> Result<Snapshot, k8s::Error> {
+    let client = k8s::client(o.kubeconfig.as_deref()).await?;
+    let api: Api<Node> = Api::all(client);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| k8s::Error::Api {
+            op: "list",
+            target: "nodes".into(),
+            source,
+        })?;
+    let cfg = MeshConfig {
+        cluster_cidrs: o.cluster_cidrs.clone(),
+        ..MeshConfig::default()
+    };
+    let nodes: Vec<ParsedNode> = list
+        .items
+        .iter()
+        .map(|n| mesh::parse(&translate::node_view(n), &cfg))
+        .collect();
+    let local = o
+        .node_name
+        .clone()
+        .filter(|n| nodes.iter().any(|p| &p.name == n));
+    let local_key = local
+        .as_ref()
+        .and_then(|l| nodes.iter().find(|n| &n.name == l))
+        .and_then(|n| n.public_key);
+    let plan = mesh::plan(
+        local.as_deref().unwrap_or(""),
+        local_key.as_ref(),
+        &nodes,
+        &cfg,
+    );
+    let device = local
+        .as_ref()
+        .and_then(|_| read_device(&o.uapi_dir, &o.interface));
+    Ok(Snapshot {
+        local,
+        nodes,
+        plan,
+        device,
+        now: SystemTime::now(),
+    })
+}
+
+fn read_device(dir: &Path, ifname: &str) -> Option<crate::wireguard::DeviceStatus> {
+    match uapi_client::get(dir, ifname) {
+        Ok(mut d) => {
+            // Never keep the private key around in a reporting tool.
+            d.private_key = None;
+            Some(d)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no local device data");
+            None
+        }
+    }
+}
