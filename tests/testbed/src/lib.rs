@@ -1,1 +1,488 @@
-//! Placeholder: the multi-node testbed (issue #5) is being built.
+//! A multi-node wgmesh cluster on one machine (test infrastructure; needs root).
+//!
+//! ```text
+//!                      router (forwards; drops 10.244.0.0/16, counted)
+//!       node0 192.0.2.2 ─┤ .1          ├─ 203.0.113.1   "internet" 203.0.113.10
+//!      node1 192.0.2.18 ─┤ .17         ├─ 198.51.100.1  API 198.51.100.10:6443 ──relay──▶ test-apiserver (host 127.0.0.1)
+//!      node2 192.0.2.34 ─┤ .33
+//! ```
+//!
+//! Each node is a network namespace plus a private mount namespace (own `/run`,
+//! `/etc/cni`, `/var/lib/wgmesh`, `/var/lib/cni`) running the built `wgmesh agent` with
+//! production default paths, against test-apiserver, with Node objects as the kubelet
+//! and the controller-manager create them (pod CIDR `10.244.<slot>.0/24`). Pods are
+//! network namespaces inside a node, attached by the built `wgmesh-cni` with the conflist
+//! the node's agent wrote. See [`addressing`] for the address plan.
+//!
+//! ```no_run
+//! use wgmesh_testbed::Testbed;
+//! let tb = Testbed::builder().nodes(3).build();
+//! let a = tb.add_pod(0, "a");
+//! let b = tb.add_pod(0, "b");
+//! assert!(a.ping(b.ip()));
+//! ```
+//!
+//! Names are unique per run (several testbeds may run at once), and everything is torn
+//! down on drop, also when a test fails or panics; when it panics, the agents' logs are
+//! printed and the log directory is kept.
+
+pub mod addressing;
+mod agent;
+pub mod capture;
+pub mod cni;
+mod exec;
+mod holder;
+mod kube;
+mod netns;
+pub mod node;
+pub mod pod;
+pub mod raw;
+mod relay;
+pub mod underlay;
+mod whoami;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wgmesh_testkit::unique_name;
+
+pub use crate::capture::{Capture, Packet};
+pub use crate::node::Node;
+pub use crate::pod::Pod;
+pub use crate::underlay::{Internet, Router};
+pub use crate::whoami::WhoAmI;
+pub use wgmesh_testkit::Proc;
+pub use wgmesh_testkit::apiserver::TestApiServer;
+
+use crate::addressing::{API_IP, API_PORT, MAX_NODES, NodeAddresses};
+use crate::kube::Kube;
+use crate::netns::NetNs;
+use crate::relay::Relay;
+
+/// The Node annotations an agent publishes.
+pub use wgmesh::model::annotation;
+
+/// How long `build()` and `add_node()` wait for the agents to converge.
+pub const MESH_WAIT: Duration = Duration::from_secs(60);
+
+/// Configures a [`Testbed`]; see [`Testbed::builder`].
+#[derive(Debug, Clone)]
+pub struct TestbedBuilder {
+    nodes: usize,
+    agent_args: Vec<String>,
+}
+
+impl TestbedBuilder {
+    /// How many nodes (default 2, at most 16).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Extra `wgmesh agent` arguments for every node (also nodes added later), after the
+    /// defaults, e.g. `["--resync-interval", "5s"]`.
+    pub fn agent_args(mut self, args: &[&str]) -> Self {
+        self.agent_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Builds the cluster and waits until every agent has published its Node
+    /// annotations, written its conflist and lists every other node as a peer. Panics
+    /// with a clear message and the agents' logs when something fails; whatever was
+    /// already built is torn down.
+    pub fn build(self) -> Testbed {
+        assert!(
+            (1..=MAX_NODES).contains(&self.nodes),
+            "a testbed has 1 to {MAX_NODES} nodes, not {}",
+            self.nodes
+        );
+        let started = Instant::now();
+        let run_id = unique_name("tb");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("wgmesh-testbed-{run_id}-"))
+            .tempdir()
+            .expect("a temporary directory for the testbed's logs");
+        let node_kubeconfig = dir.path().join("kubeconfig-nodes");
+
+        // The API server starts while the network is wired: the two take about as long.
+        let api_thread: JoinHandle<TestApiServer> =
+            std::thread::spawn(|| TestApiServer::start(&["--tls-san", &API_IP.to_string()]));
+        let router = Router::create(&format!("{run_id}-router"), dir.path());
+        let (internet, api_host, nodes) = std::thread::scope(|s| {
+            let internet = s.spawn(|| {
+                let internet = Internet::create(&format!("{run_id}-inet"));
+                router.attach_internet(internet.netns());
+                internet
+            });
+            let api_host = s.spawn(|| {
+                let api_host = NetNs::create(&format!("{run_id}-api"));
+                router.attach_api(&api_host);
+                api_host
+            });
+            let nodes: Vec<_> = (0..self.nodes)
+                .map(|i| {
+                    let (router, run_id, kubeconfig, dir) =
+                        (&router, &run_id, &node_kubeconfig, dir.path());
+                    s.spawn(move || {
+                        let name = node_name(i);
+                        Node::create(
+                            run_id,
+                            &name,
+                            NodeAddresses::for_index(i),
+                            router,
+                            kubeconfig,
+                            dir,
+                        )
+                    })
+                })
+                .collect();
+            // Join everything before failing, so what was built is dropped (torn down).
+            let internet = internet.join();
+            let api_host = api_host.join();
+            let nodes: Vec<_> = nodes.into_iter().map(|h| h.join()).collect();
+            match (internet, api_host) {
+                (Ok(i), Ok(a)) => {
+                    let mut ok = Vec::new();
+                    for n in nodes {
+                        ok.push(n.unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                    }
+                    (i, a, ok)
+                }
+                (Err(p), _) | (_, Err(p)) => std::panic::resume_unwind(p),
+            }
+        });
+        let api = api_thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+
+        write_node_kubeconfig(&api, &node_kubeconfig);
+        let relay = Relay::start(
+            &api_host.path(),
+            SocketAddr::from((API_IP, API_PORT)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, api.port())),
+        );
+        let kube = Kube::connect(&api.kubeconfig());
+        let mut tb = Testbed {
+            nodes: nodes.into_iter().map(Some).collect(),
+            kube,
+            relay,
+            api_host,
+            internet,
+            router,
+            api,
+            run_id,
+            node_kubeconfig,
+            agent_args: self.agent_args,
+            build_duration: Duration::ZERO,
+            dir,
+        };
+        for node in tb.nodes() {
+            tb.kube
+                .create_node(node.name(), &NodeAddresses::for_index(node.index()));
+        }
+        for node in tb.nodes() {
+            node.start_agent(&tb.agent_args_ref());
+        }
+        tb.wait_for_mesh();
+        tb.build_duration = started.elapsed();
+        tb
+    }
+}
+
+/// A running cluster; torn down on drop. See the crate documentation.
+pub struct Testbed {
+    // Fields drop in this order: nodes (agents, processes inside, namespaces), the kube
+    // client, the relay's sockets, the API host, internet, router, the API server, logs.
+    nodes: Vec<Option<Node>>,
+    kube: Kube,
+    relay: Relay,
+    api_host: NetNs,
+    internet: Internet,
+    router: Router,
+    api: TestApiServer,
+    run_id: String,
+    node_kubeconfig: PathBuf,
+    agent_args: Vec<String>,
+    build_duration: Duration,
+    dir: tempfile::TempDir,
+}
+
+impl Testbed {
+    /// A builder: `Testbed::builder().nodes(3).build()`.
+    pub fn builder() -> TestbedBuilder {
+        TestbedBuilder {
+            nodes: 2,
+            agent_args: Vec::new(),
+        }
+    }
+
+    /// The API server (host side: `client()`, `kubectl_ok()`, `restart()`...).
+    pub fn api(&self) -> &TestApiServer {
+        &self.api
+    }
+
+    /// The API server, to stop or restart it (nodes keep reaching it at the same address).
+    pub fn api_mut(&mut self) -> &mut TestApiServer {
+        &mut self.api
+    }
+
+    /// The kubeconfig the agents use: the API server at 198.51.100.10:6443, reachable
+    /// only from inside the testbed's namespaces.
+    pub fn node_kubeconfig(&self) -> &Path {
+        &self.node_kubeconfig
+    }
+
+    /// The API server's URL as nodes reach it.
+    pub fn api_url_for_nodes(&self) -> String {
+        format!("https://{API_IP}:{API_PORT}")
+    }
+
+    /// Node slot `i`; panics if it was removed or never added.
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes
+            .get(i)
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| {
+                panic!(
+                    "there is no node {i} (slots 0..{}; removed ones are gone)",
+                    self.nodes.len()
+                )
+            })
+    }
+
+    /// Every node still in the testbed, in slot order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    /// The router between nodes, internet and API server.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The internet host (203.0.113.10).
+    pub fn internet(&self) -> &Internet {
+        &self.internet
+    }
+
+    /// Adds a node in the next slot: namespaces, Node object, agent; waits until it and
+    /// every other node list each other. Returns its slot.
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        assert!(index < MAX_NODES, "the testbed is full ({MAX_NODES} nodes)");
+        let addresses = NodeAddresses::for_index(index);
+        let node = Node::create(
+            &self.run_id,
+            &node_name(index),
+            addresses,
+            &self.router,
+            &self.node_kubeconfig,
+            self.dir.path(),
+        );
+        self.kube.create_node(node.name(), &addresses);
+        node.start_agent(&self.agent_args_ref());
+        self.nodes.push(Some(node));
+        self.wait_for_mesh();
+        index
+    }
+
+    /// Removes node `i` for good: stops its agent, deletes its Node object (if it still
+    /// exists) and tears down its namespaces. Other nodes keep their slots.
+    pub fn remove_node(&mut self, i: usize) {
+        let name = self.node(i).name().to_string();
+        let node = self.nodes[i].take().expect("checked by node()");
+        node.stop_agent();
+        self.kube.delete_node_if_exists(&name);
+        drop(node);
+        self.router.detach_node(i);
+    }
+
+    /// Deletes node `i`'s Node object from the API; the node and its agent keep running.
+    pub fn delete_node_object(&self, i: usize) {
+        self.kube.delete_node(self.node(i).name());
+    }
+
+    /// Creates node `i`'s Node object (again), as its kubelet would on registration.
+    pub fn create_node_object(&self, i: usize) {
+        let node = self.node(i);
+        self.kube
+            .create_node(node.name(), &NodeAddresses::for_index(node.index()));
+    }
+
+    /// The annotations of node `i`'s Node object (empty if it has none or is gone).
+    pub fn node_annotations(&self, i: usize) -> BTreeMap<String, String> {
+        self.kube
+            .node_annotations()
+            .remove(self.node(i).name())
+            .unwrap_or_default()
+    }
+
+    /// Creates pod `name` on node `i` as a runtime does; see [`Pod`].
+    pub fn add_pod(&self, i: usize, name: &str) -> Pod {
+        self.node(i).add_pod(name)
+    }
+
+    /// Deletes `pod` as a runtime does: CNI DEL, then its namespace.
+    pub fn delete_pod(&self, pod: Pod) {
+        self.node(pod.node()).delete_pod(pod);
+    }
+
+    /// Waits (up to [`MESH_WAIT`]) until every node with a running agent has published
+    /// its annotations (key, endpoint `<underlay ip>:51820`, pod CIDRs), written its
+    /// conflist, and lists as peers exactly the other nodes whose Node object exists and
+    /// carries a public key. Panics with the agents' logs otherwise.
+    pub fn wait_for_mesh(&self) {
+        let mut last = String::new();
+        let converged = exec::poll_until(MESH_WAIT, || match self.mesh_problem() {
+            None => Some(()),
+            Some(problem) => {
+                last = problem;
+                None
+            }
+        });
+        if converged.is_none() {
+            panic!(
+                "the testbed's mesh did not converge within {MESH_WAIT:?}: {last}\n{}",
+                self.diagnostics()
+            );
+        }
+    }
+
+    /// What keeps the mesh from having converged, if anything.
+    fn mesh_problem(&self) -> Option<String> {
+        let annotations = self.kube.node_annotations();
+        let members: Vec<&Node> = self
+            .nodes()
+            .filter(|n| {
+                annotations
+                    .get(n.name())
+                    .is_some_and(|a| a.contains_key(annotation::PUBLIC_KEY))
+            })
+            .collect();
+        for node in self.nodes().filter(|n| n.agent_running()) {
+            let name = node.name();
+            let Some(a) = annotations.get(name) else {
+                // A node whose Node object was deleted has nothing to publish.
+                continue;
+            };
+            if a.get(annotation::ENDPOINT) != Some(&node.expected_endpoint())
+                || a.get(annotation::POD_CIDRS) != Some(&node.pod_cidr().to_string())
+                || !a.contains_key(annotation::PUBLIC_KEY)
+            {
+                return Some(format!("{name} has not published its advertisement: {a:?}"));
+            }
+            if node.conflist().is_none() {
+                return Some(format!("{name} has no conflist yet"));
+            }
+            let mut want: Vec<String> = members
+                .iter()
+                .filter(|m| m.name() != name)
+                .map(|m| m.name().to_string())
+                .collect();
+            want.sort();
+            let peers = node.mesh_peers();
+            if peers != want {
+                return Some(format!("{name} has peers {peers:?}, want {want:?}"));
+            }
+        }
+        None
+    }
+
+    /// Every node's agent state and the tail of its log, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = format!(
+            "testbed {} (logs in {}):\n",
+            self.run_id,
+            self.dir().display()
+        );
+        for node in self.nodes() {
+            out.push_str(&format!(
+                "--- {} ({}, agent {}) log tail:\n{}\n",
+                node.name(),
+                node.underlay_ip(),
+                if node.agent_running() {
+                    "running"
+                } else {
+                    "not running"
+                },
+                exec::tail(&node.agent_log(), 30)
+            ));
+        }
+        out.push_str(&format!(
+            "--- test-apiserver log tail:\n{}\n",
+            exec::tail(&self.api.log(), 20)
+        ));
+        out
+    }
+
+    /// The unique id in every namespace name of this testbed.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Every network namespace name (host /run/netns) this testbed created and still has.
+    pub fn netns_names(&self) -> Vec<String> {
+        let mut names = vec![
+            self.router.netns_name().to_string(),
+            self.internet.netns_name().to_string(),
+            self.api_host.name().to_string(),
+        ];
+        names.extend(self.nodes().map(|n| n.netns_name().to_string()));
+        names
+    }
+
+    /// Where logs (agents, holders) and capture files are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// How long `build()` took.
+    pub fn build_duration(&self) -> Duration {
+        self.build_duration
+    }
+
+    fn agent_args_ref(&self) -> Vec<&str> {
+        self.agent_args.iter().map(String::as_str).collect()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+            self.dir.disable_cleanup(true);
+            eprintln!("testbed: kept the logs in {}", self.dir.path().display());
+        }
+        // Nodes go in parallel (each stops its agent and waits for it); the rest drops
+        // in field order afterwards.
+        let nodes: Vec<Node> = self.nodes.iter_mut().filter_map(Option::take).collect();
+        std::thread::scope(|s| {
+            for node in nodes {
+                s.spawn(move || drop(node));
+            }
+        });
+        self.relay.stop();
+    }
+}
+
+/// The Kubernetes name of node slot `i`.
+pub fn node_name(i: usize) -> String {
+    format!("node{i}")
+}
+
+/// Writes the agents' kubeconfig: the server's own, with the URL nodes reach it at.
+fn write_node_kubeconfig(api: &TestApiServer, path: &Path) {
+    let text = std::fs::read_to_string(api.kubeconfig())
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", api.kubeconfig().display()));
+    let node_url = format!("https://{API_IP}:{API_PORT}");
+    assert!(
+        text.contains(&api.url),
+        "the API server's kubeconfig does not name {}:\n{text}",
+        api.url
+    );
+    let text = text.replace(&api.url, &node_url);
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}

@@ -1,0 +1,296 @@
+//! Packet captures on the router (test infrastructure), e.g. to show that only UDP
+//! between node addresses crosses the underlay, never a pod address or a plaintext
+//! payload.
+//!
+//! One `tcpdump` per router interface writes a pcap file while the caller's work runs;
+//! the capture starts only once tcpdump says it is listening. To know that every packet
+//! of the work has been written (no sleep-and-hope), the router then sends a UDP marker
+//! with a unique token to each captured subnet's broadcast address (which draws no
+//! reply), and the capture ends when every file holds its marker. The files are decoded
+//! with `tcpdump -r -n -tt -X`; marker packets are left out.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use wgmesh_testkit::{Proc, wait_until};
+
+use crate::exec;
+
+/// The UDP port markers are sent to ("discard").
+const MARKER_PORT: u16 = 9;
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+static CAPTURES: AtomicU32 = AtomicU32::new(0);
+
+/// One captured packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    /// The router interface it was seen on.
+    pub interface: String,
+    /// Seconds since the epoch.
+    pub time: f64,
+    /// tcpdump's one-line summary, e.g. `IP 192.0.2.2.51820 > 192.0.2.18.51820: UDP, length 148`.
+    pub summary: String,
+    /// tcpdump's hex and ASCII dump of the IP packet (`-X`), one line per 16 bytes.
+    pub hex: Vec<String>,
+}
+
+impl Packet {
+    /// The packet's bytes from the hex dump (IP header onwards).
+    pub fn bytes(&self) -> Vec<u8> {
+        self.hex
+            .iter()
+            .flat_map(|line| {
+                // "\t0x0000:  4500 0054 ...  E..T" — the hex groups sit between the
+                // offset and two spaces before the ASCII column.
+                let after_offset = line.split_once(':').map_or("", |(_, rest)| rest);
+                let hex_part = after_offset.trim_start().split("  ").next().unwrap_or("");
+                hex_part
+                    .split_whitespace()
+                    .flat_map(|group| {
+                        (0..group.len() / 2)
+                            .filter_map(|i| u8::from_str_radix(&group[2 * i..2 * i + 2], 16).ok())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// The packets of one capture, in time order across interfaces.
+#[derive(Debug, Clone, Default)]
+pub struct Capture {
+    pub packets: Vec<Packet>,
+}
+
+impl Capture {
+    /// `<interface>: <summary>` per packet.
+    pub fn lines(&self) -> Vec<String> {
+        self.packets
+            .iter()
+            .map(|p| format!("{}: {}", p.interface, p.summary))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// True if any packet's bytes contain `needle` (e.g. a plaintext payload).
+    pub fn contains_bytes(&self, needle: &[u8]) -> bool {
+        !needle.is_empty()
+            && self
+                .packets
+                .iter()
+                .any(|p| p.bytes().windows(needle.len()).any(|w| w == needle))
+    }
+}
+
+impl std::fmt::Display for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.packets {
+            writeln!(f, "{}: {}", p.interface, p.summary)?;
+            for line in &p.hex {
+                writeln!(f, "    {}", line.trim())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One running tcpdump.
+struct Tcpdump {
+    interface: String,
+    broadcast: Ipv4Addr,
+    file: PathBuf,
+    proc: Proc,
+}
+
+/// Captures on the router interfaces `links` (name, subnet broadcast address) in the
+/// namespace at `netns_path` while `work` runs. pcap files go to `dir`.
+pub(crate) fn during<R>(
+    netns_path: &Path,
+    links: &[(String, Ipv4Addr)],
+    filter: &str,
+    dir: &Path,
+    work: impl FnOnce() -> R,
+) -> (R, Capture) {
+    let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
+    let token = format!("wgmesh-testbed-end-of-capture-{}-{n}", std::process::id());
+    let dumps: Vec<Tcpdump> = links
+        .iter()
+        .map(|(interface, broadcast)| {
+            let file = dir.join(format!("capture-{n}-{interface}.pcap"));
+            start_tcpdump(netns_path, interface, *broadcast, filter, file)
+        })
+        .collect();
+
+    let result = work();
+
+    let broadcasts: Vec<Ipv4Addr> = dumps.iter().map(|d| d.broadcast).collect();
+    let marker = token.clone().into_bytes();
+    exec::in_netns_thread(netns_path, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket on the router");
+        socket.set_broadcast(true).expect("SO_BROADCAST");
+        for b in broadcasts {
+            socket
+                .send_to(&marker, (b, MARKER_PORT))
+                .unwrap_or_else(|e| panic!("cannot send the capture marker to {b}: {e}"));
+        }
+    });
+    let mut packets = Vec::new();
+    for dump in dumps {
+        wait_until(
+            MARKER_TIMEOUT,
+            &format!(
+                "the end-of-capture marker in the capture on {}",
+                dump.interface
+            ),
+            || {
+                let bytes = std::fs::read(&dump.file).ok()?;
+                bytes
+                    .windows(token.len())
+                    .any(|w| w == token.as_bytes())
+                    .then_some(())
+            },
+        );
+        // SIGTERM: tcpdump flushes and exits; the marker proves everything is written.
+        drop(dump.proc);
+        packets.extend(decode(&dump.file, &dump.interface, dump.broadcast));
+    }
+    packets.sort_by(|a, b| a.time.total_cmp(&b.time));
+    (result, Capture { packets })
+}
+
+fn start_tcpdump(
+    netns_path: &Path,
+    interface: &str,
+    broadcast: Ipv4Addr,
+    filter: &str,
+    file: PathBuf,
+) -> Tcpdump {
+    let mut cmd = exec::in_net(netns_path, "tcpdump");
+    // -U and --immediate-mode: every packet reaches the file at once; -Z root: write
+    // the file as root (Debian's tcpdump drops to its own user otherwise).
+    cmd.args([
+        "-i",
+        interface,
+        "-n",
+        "-U",
+        "--immediate-mode",
+        "-Z",
+        "root",
+        "-w",
+    ])
+    .arg(&file);
+    if !filter.trim().is_empty() {
+        cmd.arg(format!(
+            "({filter}) or (udp dst port {MARKER_PORT} and dst host {broadcast})"
+        ));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut proc = Proc::spawn(cmd, "tcpdump on the router");
+    let stderr = proc.child.stderr.take().expect("piped stderr");
+    let mut reader = BufReader::new(stderr);
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        // EOF (tcpdump exited) ends the loop; no timeout is needed.
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("tcpdump on {interface} did not start: {said}");
+        }
+        said.push_str(&line);
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    // tcpdump writes its statistics to stderr on exit; keep the pipe readable.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    Tcpdump {
+        interface: interface.to_string(),
+        broadcast,
+        file,
+        proc,
+    }
+}
+
+/// Decodes a pcap file, leaving out the end marker.
+fn decode(file: &Path, interface: &str, broadcast: Ipv4Addr) -> Vec<Packet> {
+    let mut cmd = Command::new("tcpdump");
+    cmd.args(["-r"]).arg(file).args(["-n", "-tt", "-X"]);
+    let text = exec::output_ok(cmd, None);
+    let marker = format!("> {broadcast}.{MARKER_PORT}: UDP");
+    parse(&text, interface)
+        .into_iter()
+        .filter(|p| !p.summary.contains(&marker))
+        .collect()
+}
+
+/// Parses `tcpdump -tt -X` output: a packet is a line starting with its timestamp,
+/// followed by indented hex lines.
+fn parse(text: &str, interface: &str) -> Vec<Packet> {
+    let mut packets: Vec<Packet> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(char::is_whitespace) {
+            if let Some(p) = packets.last_mut() {
+                p.hex.push(line.to_string());
+            }
+            continue;
+        }
+        let (time, summary) = line.split_once(' ').unwrap_or((line, ""));
+        packets.push(Packet {
+            interface: interface.to_string(),
+            time: time.parse().unwrap_or(0.0),
+            summary: summary.to_string(),
+            hex: Vec::new(),
+        });
+    }
+    packets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = "\
+1764160000.123456 IP 192.0.2.2 > 192.0.2.18: ICMP echo request, id 7, seq 1, length 64
+\t0x0000:  4500 0054 1234 4000 4001 a1b2 c000 0202  E..T.4@.@.......
+\t0x0010:  c000 0212 0800 f7ff 0007 0001 6869 6869  ............hihi
+1764160000.223456 IP 192.0.2.1.40000 > 192.0.2.15.9: UDP, length 5
+\t0x0000:  4500 0021 0000 4000 4011 0000 c000 0201  E..!..@.@.......
+";
+
+    #[test]
+    fn tcpdump_output_becomes_packets_with_their_bytes() {
+        let packets = parse(DUMP, "node0");
+        assert_eq!(packets.len(), 2);
+        assert_eq!(packets[0].interface, "node0");
+        assert_eq!(packets[0].time, 1764160000.123456);
+        assert_eq!(
+            packets[0].summary,
+            "IP 192.0.2.2 > 192.0.2.18: ICMP echo request, id 7, seq 1, length 64"
+        );
+        let bytes = packets[0].bytes();
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(&bytes[..4], &[0x45, 0x00, 0x00, 0x54]);
+        assert_eq!(&bytes[28..], b"hihi");
+        let capture = Capture { packets };
+        assert!(capture.contains_bytes(b"hihi"));
+        assert!(!capture.contains_bytes(b"secret"));
+        assert_eq!(
+            capture.lines()[1],
+            "node0: IP 192.0.2.1.40000 > 192.0.2.15.9: UDP, length 5"
+        );
+    }
+}

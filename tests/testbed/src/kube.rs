@@ -1,0 +1,170 @@
+//! The testbed's own Kubernetes client (test infrastructure): Node objects as the kubelet
+//! and the controller-manager create them, from synchronous code.
+//!
+//! The testbed's API is synchronous so tests read simply; kube-rs is async. The client
+//! lives on a small runtime of its own, and calls wait on a channel, which works whether
+//! or not the caller is itself inside a tokio runtime (a `#[tokio::test]`), where
+//! `Runtime::block_on` would panic.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+use crate::addressing::NodeAddresses;
+
+/// A Node as the kubelet registers it (status.addresses, a Ready condition) with the pod
+/// CIDR the controller-manager assigns (spec.podCIDR and spec.podCIDRs).
+pub fn node_object(name: &str, addresses: &NodeAddresses) -> Node {
+    let cidr = addresses.pod_cidr.to_string();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+        }},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": addresses.underlay_ip.to_string()},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+            }],
+        },
+    }))
+    .expect("a valid Node")
+}
+
+/// A kube client on its own runtime.
+pub struct Kube {
+    runtime: Option<tokio::runtime::Runtime>,
+    client: kube::Client,
+}
+
+impl Kube {
+    /// A client from the API server's (host-side) kubeconfig.
+    pub fn connect(kubeconfig: &Path) -> Kube {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("testbed-kube")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the testbed's kube client");
+        let path = kubeconfig.to_path_buf();
+        // kube::Client spawns its worker on the current runtime: build it on ours.
+        let client = wait(&runtime, async move {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("a kube config from the API server's kubeconfig");
+            kube::Client::try_from(config).expect("a kube client")
+        });
+        Kube {
+            runtime: Some(runtime),
+            client,
+        }
+    }
+
+    /// Runs `f(client)` on the client's runtime and waits for its result.
+    pub fn run<T, F>(&self, f: impl FnOnce(kube::Client) -> F) -> T
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().expect("the kube runtime is running");
+        wait(runtime, f(self.client.clone()))
+    }
+
+    /// Creates the Node object of `name`.
+    pub fn create_node(&self, name: &str, addresses: &NodeAddresses) {
+        let node = node_object(name, addresses);
+        let name = name.to_string();
+        self.run(|client| async move {
+            Api::<Node>::all(client)
+                .create(&PostParams::default(), &node)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create Node {name}: {e}"));
+        });
+    }
+
+    /// Deletes the Node object of `name`.
+    pub fn delete_node(&self, name: &str) {
+        let name = name.to_string();
+        self.run(|client| async move {
+            Api::<Node>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("cannot delete Node {name}: {e}"));
+        });
+    }
+
+    /// Deletes the Node object of `name` if it exists.
+    pub fn delete_node_if_exists(&self, name: &str) {
+        let name = name.to_string();
+        self.run(|client| async move {
+            match Api::<Node>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => panic!("cannot delete Node {name}: {e}"),
+            }
+        });
+    }
+
+    /// Every Node object's annotations, by name.
+    pub fn node_annotations(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.run(|client| async move {
+            let list = Api::<Node>::all(client)
+                .list(&Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("cannot list Nodes: {e}"));
+            list.items
+                .into_iter()
+                .map(|n| {
+                    let name = n.metadata.name.unwrap_or_default();
+                    let annotations = n.metadata.annotations.unwrap_or_default();
+                    (name, annotations.into_iter().collect())
+                })
+                .collect()
+        })
+    }
+}
+
+impl Drop for Kube {
+    fn drop(&mut self) {
+        // Dropping a runtime inside an async context panics; shutting down in the
+        // background does not.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `future` on `runtime` and blocks the calling thread (not a runtime) on a channel.
+/// A panic in `future` continues in the caller, with its message.
+fn wait<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let task = runtime.spawn(future);
+    runtime.spawn(async move {
+        let _ = tx.send(task.await);
+    });
+    match rx.recv().expect("the testbed's kube runtime is gone") {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a Kubernetes call of the testbed was cancelled: {e}"),
+    }
+}

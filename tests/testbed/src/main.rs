@@ -1,0 +1,170 @@
+//! `wgmesh-testbed`: a multi-node wgmesh cluster in namespaces on this machine (test
+//! infrastructure; needs root and a built workspace: `cargo build --workspace --bins`).
+//!
+//! `wgmesh-testbed up [--nodes N] [--pods M] [--keep]` builds the cluster, adds M pods
+//! per node, prints how to enter every node and pod, and tears everything down again:
+//! at once, or with `--keep` on Ctrl-C / SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use wgmesh_testbed::addressing::MAX_NODES;
+use wgmesh_testbed::{Pod, Testbed};
+
+/// `println!` that ignores a closed stdout (`... | head`): a panic there would still
+/// tear down, but the cluster must not depend on who reads the output.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wgmesh-testbed",
+    about = "A multi-node wgmesh cluster in namespaces (test infrastructure; root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a cluster, print how to enter it, then tear it down (with --keep: on
+    /// Ctrl-C or SIGTERM).
+    Up {
+        /// Number of nodes (1-16).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=MAX_NODES as i64))]
+        nodes: u8,
+        /// Pods to create on every node.
+        #[arg(long, default_value_t = 1)]
+        pods: usize,
+        /// Keep the cluster until Ctrl-C or SIGTERM.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !wgmesh_testkit::is_root() {
+        eprintln!("wgmesh-testbed needs root (it creates network and mount namespaces)");
+        return ExitCode::FAILURE;
+    }
+    // Ctrl-C or SIGTERM only raise a flag: one during the build waits for the build and
+    // then tears down, instead of killing the process with namespaces left behind. (A
+    // handler, not a blocked mask: children would inherit the mask, and the agents then
+    // could not be stopped with SIGTERM; handlers are reset by exec.)
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            eprintln!("cannot handle {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match cli.command {
+        Command::Up { nodes, pods, keep } => up(nodes as usize, pods, keep),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Set by SIGINT or SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn up(nodes: usize, pods_per_node: usize, keep: bool) {
+    let tb = Testbed::builder().nodes(nodes).build();
+    let mut pods: Vec<Pod> = Vec::new();
+    for node in tb.nodes() {
+        for k in 0..pods_per_node {
+            pods.push(tb.add_pod(node.index(), &format!("pod-{}-{k}", node.index())));
+        }
+    }
+    print_cluster(&tb, &pods);
+    if keep {
+        say!("\nKept until Ctrl-C or SIGTERM.");
+        // A person's Ctrl-C: polling a flag is plenty.
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        say!("Tearing down.");
+    } else {
+        say!("\nTearing down (use --keep to keep the cluster).");
+    }
+    for pod in pods {
+        tb.delete_pod(pod);
+    }
+    drop(tb);
+    say!("Torn down.");
+}
+
+fn print_cluster(tb: &Testbed, pods: &[Pod]) {
+    say!(
+        "wgmesh testbed {} is up: {} nodes, built in {:.2} s; logs in {}",
+        tb.run_id(),
+        tb.nodes().count(),
+        tb.build_duration().as_secs_f64(),
+        tb.dir().display()
+    );
+    say!(
+        "\nAPI server: KUBECONFIG={} kubectl get nodes -o wide",
+        tb.api().kubeconfig().display()
+    );
+    say!(
+        "  (nodes reach it at {} with {})",
+        tb.api_url_for_nodes(),
+        tb.node_kubeconfig().display()
+    );
+    say!(
+        "\n{:<8} {:<12} {:<15} ENTER",
+        "NODE",
+        "UNDERLAY",
+        "POD CIDR"
+    );
+    for node in tb.nodes() {
+        say!(
+            "{:<8} {:<12} {:<15} {}",
+            node.name(),
+            node.underlay_ip().to_string(),
+            node.pod_cidr().to_string(),
+            node.enter_command()
+        );
+    }
+    if !pods.is_empty() {
+        say!("\n{:<10} {:<8} {:<12} ENTER", "POD", "NODE", "IP");
+        for pod in pods {
+            say!(
+                "{:<10} {:<8} {:<12} {}",
+                pod.name(),
+                pod.node_name(),
+                pod.ip().to_string(),
+                pod.enter_command()
+            );
+        }
+    }
+    say!(
+        "\nrouter:   {}   (drops 10.244.0.0/16: nft list table ip wgmesh_testbed)",
+        tb.router().enter_command()
+    );
+    say!(
+        "internet: {}   ({})",
+        tb.internet().enter_command(),
+        tb.internet().ip()
+    );
+    say!(
+        "\nInside a node: cat /etc/cni/net.d/10-wgmesh.conflist /var/lib/wgmesh/mesh.json; ip netns list"
+    );
+}

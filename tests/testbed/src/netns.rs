@@ -1,0 +1,103 @@
+//! A named network namespace of the testbed (test infrastructure): created with
+//! `ip netns add`, loopback up, deleted on drop (only the one this value created).
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::exec;
+
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates the namespace `name` (which must be unique: the caller's run id is in it).
+    pub fn create(name: &str) -> NetNs {
+        let mut add = Command::new("ip");
+        add.args(["netns", "add", name]);
+        exec::output_ok(add, None);
+        let ns = NetNs {
+            name: name.to_string(),
+        };
+        ns.ip_batch(&["link set lo up".to_string()]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>` in the host's mount namespace.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command running `program` in this namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        exec::in_net(&self.path(), program)
+    }
+
+    /// Runs `args` (program first) in this namespace; any exit status.
+    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let (program, rest) = exec::split(args, &self.name);
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        exec::output(cmd, None)
+    }
+
+    /// Runs `args` in this namespace and returns stdout; panics when it fails.
+    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let (program, rest) = exec::split(args, &self.name);
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        exec::output_ok(cmd, None)
+    }
+
+    /// Runs `ip` commands (one per line, `ip -batch` syntax) in this namespace with one
+    /// process; panics when one fails.
+    pub fn ip_batch(&self, lines: &[String]) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", &self.name, "-batch", "-"]);
+        exec::output_ok(cmd, Some(lines.join("\n").as_bytes()));
+    }
+
+    /// The MAC address of `link` in this namespace.
+    pub fn link_mac(&self, link: &str) -> crate::raw::Mac {
+        let json = self.exec_ok(&["ip", "-j", "link", "show", "dev", link]);
+        let links: serde_json::Value = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("ip -j printed no JSON ({e}): {json}"));
+        links[0]["address"]
+            .as_str()
+            .and_then(crate::raw::parse_mac)
+            .unwrap_or_else(|| panic!("no MAC address of {link} in {}: {json}", self.name))
+    }
+
+    /// Writes a sysctl of this namespace (`net.ipv4.ip_forward` style key). `/proc/sys/net`
+    /// is per network namespace of the writing thread.
+    pub fn set_sysctl(&self, key: &str, value: &str) {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let value = value.to_string();
+        let what = format!("{key}={value} in {}", self.name);
+        exec::in_netns_thread(&self.path(), move || {
+            std::fs::write(&path, value.as_bytes())
+                .unwrap_or_else(|e| panic!("cannot set {what}: {e}"));
+        });
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let mut del = Command::new("ip");
+        del.args(["netns", "delete", &self.name]);
+        let out = exec::output(del, None);
+        if !out.status.success() {
+            eprintln!(
+                "testbed: could not delete network namespace {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! One node of the testbed (test infrastructure): its network namespace wired to the
+//! router, the holder of its private mount namespace, and its `wgmesh agent`.
+//!
+//! Inside a node everything has its production path: the agent's state in
+//! `/var/lib/wgmesh`, the conflist in `/etc/cni/net.d`, IPAM leases in
+//! `/var/lib/cni/networks`, pod namespaces in `/run/netns`, WireGuard's UAPI socket in
+//! `/var/run/wireguard`. From the host those are under `/proc/<holder pid>/root/`.
+
+use std::ffi::OsStr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use crate::addressing::NodeAddresses;
+use crate::agent::Agent;
+use crate::exec;
+use crate::holder::Holder;
+use crate::netns::NetNs;
+use crate::pod::Pod;
+use crate::raw::{self, Mac};
+use crate::underlay::Router;
+
+/// The node's interface on the underlay (towards the router).
+pub const UNDERLAY_LINK: &str = "eth0";
+/// Where the agent writes the node's conflist (its default `--cni-conf-dir`).
+pub const CONFLIST_PATH: &str = concat!("/etc/cni/net.d/", "10-wgmesh.conflist");
+/// The agent's state directory (its default `--state-dir`).
+pub const STATE_DIR: &str = "/var/lib/wgmesh";
+/// The agent's last-known-good plan in [`STATE_DIR`].
+pub const MESH_FILE: &str = wgmesh::agent::state::STATE_FILE;
+/// The node's private key in [`STATE_DIR`].
+pub const PRIVATE_KEY_FILE: &str = wgmesh::agent::identity::KEY_FILE;
+
+/// How long pod creation waits for the agent's conflist.
+const CONFLIST_WAIT: Duration = Duration::from_secs(30);
+
+/// A node. Fields drop in order: the agent stops, every process inside the node ends,
+/// then its network namespace goes (and with it the veth to the router).
+#[derive(Debug)]
+pub struct Node {
+    agent: Agent,
+    holder: Holder,
+    netns: NetNs,
+    name: String,
+    addresses: NodeAddresses,
+    /// The router's MAC address on the node's link.
+    gateway_mac: Mac,
+}
+
+impl Node {
+    /// Creates node slot `addresses.index` named `name`: network namespace
+    /// `<run_id>-<name>` attached to `router`, and its holder. The agent is not started:
+    /// it needs the Node object first. `dir` receives the node's logs.
+    pub(crate) fn create(
+        run_id: &str,
+        name: &str,
+        addresses: NodeAddresses,
+        router: &Router,
+        kubeconfig: &Path,
+        dir: &Path,
+    ) -> Node {
+        let netns_name = format!("{run_id}-{name}");
+        let netns = NetNs::create(&netns_name);
+        let gateway_mac = router.attach_node(&netns, &addresses);
+        let holder = Holder::start(
+            &netns.path(),
+            &netns_name,
+            &dir.join(format!("{name}-holder.log")),
+        );
+        let agent = Agent::new(
+            name,
+            kubeconfig.to_path_buf(),
+            dir.join(format!("{name}-agent.log")),
+        );
+        Node {
+            agent,
+            holder,
+            netns,
+            name: name.to_string(),
+            addresses,
+            gateway_mac,
+        }
+    }
+
+    /// The Kubernetes Node name (`node<slot>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's slot in the testbed (`tb.node(i)`).
+    pub fn index(&self) -> usize {
+        self.addresses.index
+    }
+
+    /// The node's address on the underlay: its InternalIP.
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        self.addresses.underlay_ip
+    }
+
+    /// The router's address in the node's subnet (the node's default gateway).
+    pub fn router_ip(&self) -> Ipv4Addr {
+        self.addresses.router_ip
+    }
+
+    /// The node's spec.podCIDR.
+    pub fn pod_cidr(&self) -> Ipv4Net {
+        self.addresses.pod_cidr
+    }
+
+    /// The `wgmesh.io/endpoint` the node's agent should publish.
+    pub fn expected_endpoint(&self) -> String {
+        self.addresses.endpoint()
+    }
+
+    /// The node's network namespace name under the host's /run/netns.
+    pub fn netns_name(&self) -> &str {
+        self.netns.name()
+    }
+
+    /// The pid of the process holding the node's namespaces.
+    pub fn holder_pid(&self) -> u32 {
+        self.holder.pid()
+    }
+
+    /// How a person gets a shell in the node (append a command, or get `$SHELL`).
+    pub fn enter_command(&self) -> String {
+        format!("nsenter --target {} --mount --net", self.holder.pid())
+    }
+
+    /// A command running `program` inside the node.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        self.holder.command(program)
+    }
+
+    /// Runs `args` (program first) inside the node; any exit status.
+    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let (program, rest) = exec::split(args, &self.name);
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        exec::output(cmd, None)
+    }
+
+    /// Runs `args` inside the node and returns stdout; panics when it fails.
+    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let (program, rest) = exec::split(args, &self.name);
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        exec::output_ok(cmd, None)
+    }
+
+    /// Runs a `sh -c` script inside the node; any exit status.
+    pub fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// True when `ping -c1 -W1 addr` from the node itself gets an answer.
+    pub fn ping(&self, addr: impl std::fmt::Display) -> bool {
+        let addr = addr.to_string();
+        self.exec(&["ping", "-c", "1", "-W", "1", &addr])
+            .status
+            .success()
+    }
+
+    /// Puts a hand-made IPv4/UDP packet from `src` to `dst` on the node's underlay link,
+    /// addressed to the router, bypassing the node's own routing and nftables: what a
+    /// leak would look like on the wire (e.g. a pod-addressed packet).
+    pub fn send_raw_udp(&self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
+        let frame = raw::udp_frame(
+            self.netns.link_mac(UNDERLAY_LINK),
+            self.gateway_mac,
+            src,
+            dst,
+            payload,
+        );
+        raw::send_frame(&self.netns.path(), UNDERLAY_LINK, frame);
+    }
+
+    /// Where the node's `path` is reachable from the host (through the holder's root).
+    pub fn host_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        self.holder.host_path(path)
+    }
+
+    /// The content of the node's file `path`, if it exists.
+    pub fn read_file(&self, path: impl AsRef<Path>) -> Option<String> {
+        std::fs::read_to_string(self.host_path(path)).ok()
+    }
+
+    /// The node's `/etc/cni/net.d/10-wgmesh.conflist`, once its agent wrote it.
+    pub fn conflist(&self) -> Option<String> {
+        self.read_file(CONFLIST_PATH)
+    }
+
+    /// Waits for the agent's conflist; panics with the agent's log after `timeout`.
+    pub fn wait_for_conflist(&self, timeout: Duration) -> String {
+        self.expect_within(timeout, "the agent's conflist", || self.conflist())
+    }
+
+    /// The agent's last-known-good plan (`/var/lib/wgmesh/mesh.json`), as JSON.
+    pub fn mesh(&self) -> Option<Value> {
+        let text = self.read_file(Path::new(STATE_DIR).join(MESH_FILE))?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Node names in the agent's current plan, sorted.
+    pub fn mesh_peers(&self) -> Vec<String> {
+        let mut peers: Vec<String> = self
+            .mesh()
+            .and_then(|m| m["peers"].as_object().map(|p| p.keys().cloned().collect()))
+            .unwrap_or_default();
+        peers.sort();
+        peers
+    }
+
+    /// Waits until the agent's plan lists exactly `peers` (node names, any order).
+    pub fn wait_for_peers(&self, peers: &[&str], timeout: Duration) {
+        let mut want: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        want.sort();
+        self.expect_within(timeout, &format!("peers {want:?}"), || {
+            (self.mesh_peers() == want).then_some(())
+        });
+    }
+
+    /// Everything the node's agent logged (all of its starts).
+    pub fn agent_log(&self) -> String {
+        self.agent.log()
+    }
+
+    /// The agent's log file on the host.
+    pub fn agent_log_path(&self) -> &Path {
+        self.agent.log_path()
+    }
+
+    /// True while the node's agent runs.
+    pub fn agent_running(&self) -> bool {
+        self.agent.is_running()
+    }
+
+    /// The agent's pid while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.pid()
+    }
+
+    /// Stops the node's agent (SIGTERM, as a kubelet would); its state stays.
+    pub fn stop_agent(&self) {
+        self.agent.stop();
+    }
+
+    /// Starts the node's agent with `extra` arguments after the defaults. Panics if it
+    /// already runs.
+    pub fn start_agent(&self, extra: &[&str]) {
+        self.agent.start(&self.holder, extra);
+    }
+
+    /// Creates pod `name` on this node as a runtime does (see [`Pod`]).
+    pub fn add_pod(&self, name: &str) -> Pod {
+        let conflist = self.wait_for_conflist(CONFLIST_WAIT);
+        Pod::create(self, &self.holder, name, &conflist)
+    }
+
+    /// Deletes `pod` as a runtime does: CNI DEL, then its namespace.
+    pub fn delete_pod(&self, pod: Pod) {
+        assert_eq!(
+            pod.node(),
+            self.index(),
+            "pod {} is not on {}",
+            pod.name(),
+            self.name
+        );
+        pod.delete(&self.holder);
+    }
+
+    /// Polls `cond` until it holds; panics after `timeout` with the agent's log.
+    fn expect_within<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl FnMut() -> Option<T>,
+    ) -> T {
+        exec::poll_until(timeout, cond).unwrap_or_else(|| {
+            panic!(
+                "{}: timed out after {timeout:?} waiting for {what}; agent running: {}; agent log (last 40 lines):\n{}",
+                self.name,
+                self.agent_running(),
+                exec::tail(&self.agent_log(), 40)
+            )
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! A pod on a testbed node, created the way a container runtime does (test
+//! infrastructure).
+//!
+//! The runtime creates the pod's network namespace inside the node (`ip netns add` in
+//! the node's mount namespace, so it lives in the node's own `/run/netns`), brings its
+//! loopback up (the CNI `loopback` plugin's job), and calls `wgmesh-cni` ADD with the
+//! plugin entry of the node's conflist. Deletion is CNI DEL with the configuration used
+//! at ADD (libcni's cached config), then the namespace goes. A pod that is never deleted
+//! disappears with its node.
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::cni::{self, Invocation};
+use crate::exec;
+use crate::holder::Holder;
+use crate::node::Node;
+
+/// The pod's interface, as kubelet names it.
+pub const POD_IFNAME: &str = "eth0";
+
+/// A pod attached by wgmesh-cni. Dropping it does nothing: delete it with
+/// `Testbed::delete_pod`, or let it go with its node.
+#[derive(Debug)]
+pub struct Pod {
+    name: String,
+    node_index: usize,
+    node_name: String,
+    holder_pid: u32,
+    ip: Ipv4Addr,
+    container_id: String,
+    config: Value,
+    result: Value,
+}
+
+impl Pod {
+    /// Creates pod `name` on `node` (held by `holder`) with the node's `conflist`.
+    pub(crate) fn create(node: &Node, holder: &Holder, name: &str, conflist: &str) -> Pod {
+        assert!(
+            !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name:?} is not a pod name (lowercase letters, digits and '-', at most 63)"
+        );
+        let config = cni::plugin_config(conflist).unwrap_or_else(|e| {
+            panic!(
+                "{}: the agent's conflist is unusable: {e}\n{conflist}",
+                node.name()
+            )
+        });
+        node.exec_ok(&["ip", "netns", "add", name]);
+        node.exec_ok(&["ip", "-n", name, "link", "set", "lo", "up"]);
+
+        let container_id = format!("testbed-{name}");
+        let netns = format!("/run/netns/{name}");
+        let call = Invocation {
+            command: "ADD",
+            container_id: &container_id,
+            netns: &netns,
+            ifname: POD_IFNAME,
+        };
+        let out = cni::invoke(holder, call, &config);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            let _ = node.exec(&["ip", "netns", "delete", name]);
+            panic!(
+                "{}: CNI ADD of pod {name} failed ({}):\nstdout: {stdout}\nstderr: {}\nconfig: {config}",
+                node.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let result: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("CNI ADD of pod {name} printed no JSON ({e}): {stdout}"));
+        let ip = cni::ipv4_of(&result)
+            .unwrap_or_else(|| panic!("CNI ADD of pod {name} returned no IPv4 address: {stdout}"));
+        Pod {
+            name: name.to_string(),
+            node_index: node.index(),
+            node_name: node.name().to_string(),
+            holder_pid: holder.pid(),
+            ip,
+            container_id,
+            config,
+            result,
+        }
+    }
+
+    /// CNI DEL (panics if it fails: DEL must succeed), then removes the namespace.
+    pub(crate) fn delete(self, holder: &Holder) {
+        let netns = self.netns_path();
+        let call = Invocation {
+            command: "DEL",
+            container_id: &self.container_id,
+            netns: &netns,
+            ifname: POD_IFNAME,
+        };
+        let out = cni::invoke(holder, call, &self.config);
+        assert!(
+            out.status.success(),
+            "{}: CNI DEL of pod {} failed ({}):\nstdout: {}\nstderr: {}",
+            self.node_name,
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut rm = holder.command("ip");
+        rm.args(["netns", "delete", &self.name]);
+        exec::output_ok(rm, None);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The slot of the pod's node.
+    pub fn node(&self) -> usize {
+        self.node_index
+    }
+
+    /// The Kubernetes name of the pod's node.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The pod's IPv4 address, from the CNI result.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `CNI_CONTAINERID` of the pod.
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    /// The result wgmesh-cni returned for ADD.
+    pub fn cni_result(&self) -> &Value {
+        &self.result
+    }
+
+    /// The plugin configuration the pod was added with.
+    pub fn cni_config(&self) -> &Value {
+        &self.config
+    }
+
+    /// `CNI_NETNS`: the pod's namespace as seen inside its node.
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// How a person gets a shell in the pod: the node's mount namespace (where the pod's
+    /// namespace file is) and the pod's network namespace, opened through the holder's
+    /// root because nsenter opens it before entering the node.
+    pub fn enter_command(&self) -> String {
+        format!(
+            "nsenter --target {pid} --mount --net=/proc/{pid}/root/run/netns/{name}",
+            pid = self.holder_pid,
+            name = self.name
+        )
+    }
+
+    /// A command running `program` in the pod.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["--target", &self.holder_pid.to_string(), "--mount"])
+            .arg(format!(
+                "--net=/proc/{}/root/run/netns/{}",
+                self.holder_pid, self.name
+            ))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `args` (program first) in the pod; any exit status.
+    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let (program, rest) = exec::split(args, &self.name);
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        exec::output(cmd, None)
+    }
+
+    /// Runs `args` in the pod and returns stdout; panics when it fails.
+    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let (program, rest) = exec::split(args, &self.name);
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        exec::output_ok(cmd, None)
+    }
+
+    /// Runs a `sh -c` script in the pod; any exit status.
+    pub fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// True when `ping -c1 -W1 addr` from the pod gets an answer.
+    pub fn ping(&self, addr: impl std::fmt::Display) -> bool {
+        let addr = addr.to_string();
+        self.exec(&["ping", "-c", "1", "-W", "1", &addr])
+            .status
+            .success()
+    }
+}

@@ -1,0 +1,89 @@
+//! The `wgmesh-testbed` binary as the demo runs it. Needs root.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wgmesh_testkit::{Proc, require_root, run, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wgmesh-testbed");
+
+/// The run id from the first line: `wgmesh testbed <id> is up: ...`.
+fn run_id(first_line: &str) -> String {
+    first_line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no run id in {first_line:?}"))
+        .to_string()
+}
+
+fn assert_no_namespaces_of(run_id: &str) {
+    let listed = run("ip", ["netns", "list"]);
+    assert!(
+        !listed.contains(run_id),
+        "{run_id} left namespaces:\n{listed}"
+    );
+}
+
+#[test]
+fn up_prints_how_to_enter_every_node_and_pod_and_tears_down() {
+    require_root!();
+    let out = Command::new(BIN)
+        .args(["up", "--nodes", "2", "--pods", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("wgmesh-testbed runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = run_id(stdout.lines().next().unwrap_or_default());
+    for expected in [
+        "node0    192.0.2.2    10.244.0.0/24   nsenter --target ",
+        "node1    192.0.2.18   10.244.1.0/24   nsenter --target ",
+        "pod-0-0    node0    10.244.0.",
+        "--mount --net=/proc/",
+        "/root/run/netns/pod-1-0",
+        &format!("router:   nsenter --net=/run/netns/{id}-router"),
+        "Torn down.",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    assert_no_namespaces_of(&id);
+}
+
+#[test]
+fn up_with_keep_holds_the_cluster_until_sigterm() {
+    require_root!();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", "--nodes", "1", "--pods", "0", "--keep"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn(cmd, "wgmesh-testbed up --keep");
+    let mut stdout = BufReader::new(proc.child.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the first line");
+    let id = run_id(&first);
+    let mut line = String::new();
+    while !line.contains("Kept until") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).expect("output") > 0,
+            "no 'Kept until' line"
+        );
+    }
+    let listed = run("ip", ["netns", "list"]);
+    assert!(listed.contains(&format!("{id}-node0")), "{listed}");
+
+    proc.signal(libc::SIGTERM);
+    let status = wait_until(Duration::from_secs(30), "wgmesh-testbed to exit", || {
+        proc.child.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    assert!(rest.contains("Torn down."), "{rest}");
+    assert_no_namespaces_of(&id);
+}
