@@ -84,12 +84,24 @@ impl NodeDataPlane {
                 old.close();
                 drop(old);
                 self.last_endpoints.clear();
-            } else if link.is_some() {
-                // A leftover interface of a previous process (persistent, or not yet
-                // gone): take its name over.
-                if let Some(l) = &link {
+            }
+            match &link {
+                // A TUN left by a previous agent process (persistent, or not yet gone):
+                // take its name over.
+                Some(l) if l.kind.as_deref() == Some("tun") => {
                     self.nl.delete_link(l.index).await?;
                 }
+                // Someone else's interface holds the name: never delete it; report and
+                // retry (the routes stay absent meanwhile, so the unreachable routes
+                // drop pod traffic to other nodes).
+                Some(l) if l.index != self.device.as_ref().map_or(0, |d| d.ifindex()) => {
+                    return Err(other(format!(
+                        "{} exists and is a {} interface, not wgmesh's WireGuard device; remove it",
+                        self.cfg.interface,
+                        l.kind.as_deref().unwrap_or("non-TUN")
+                    )));
+                }
+                _ => {}
             }
             let device = Device::start(DeviceConfig {
                 private_key: Some(self.key.clone()),

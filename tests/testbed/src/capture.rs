@@ -39,6 +39,12 @@ pub struct Packet {
     pub hex: Vec<String>,
 }
 
+impl std::fmt::Display for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.interface, self.summary)
+    }
+}
+
 impl Packet {
     /// The packet's bytes from the hex dump (IP header onwards).
     pub fn bytes(&self) -> Vec<u8> {

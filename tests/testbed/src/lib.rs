@@ -38,6 +38,7 @@ pub mod node;
 pub mod pod;
 pub mod raw;
 mod relay;
+pub mod transfer;
 pub mod underlay;
 mod whoami;
 

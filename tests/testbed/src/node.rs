@@ -116,6 +116,11 @@ impl Node {
         self.addresses.endpoint()
     }
 
+    /// The node's network namespace file as the test process can open it.
+    pub fn host_netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns_name()))
+    }
+
     /// The node's network namespace name under the host's /run/netns.
     pub fn netns_name(&self) -> &str {
         self.netns.name()

@@ -154,6 +154,11 @@ impl Pod {
         format!("/run/netns/{}", self.name)
     }
 
+    /// The pod's network namespace file as the test process can open it.
+    pub fn host_netns_path(&self) -> std::path::PathBuf {
+        crate::transfer::node_netns_file(self.holder_pid, &self.name)
+    }
+
     /// How a person gets a shell in the pod: the node's mount namespace (where the pod's
     /// namespace file is) and the pod's network namespace, opened through the holder's
     /// root because nsenter opens it before entering the node.

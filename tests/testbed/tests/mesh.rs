@@ -1,0 +1,459 @@
+//! End to end on the testbed: one encrypted pod network across nodes (issue #5) and
+//! what operators see of it (issue #7). Three nodes, two pods each, the real agent
+//! (WireGuard device, routes, nftables) on every node. Needs root.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use wgmesh_testbed::capture::Capture;
+use wgmesh_testbed::{Pod, Testbed, transfer};
+use wgmesh_testkit::{require_root, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+const MB: usize = 1024 * 1024;
+
+/// 3 nodes × 2 pods: pods[node][k].
+fn cluster(args: &[&str]) -> (Testbed, Vec<Vec<Pod>>) {
+    let tb = Testbed::builder().nodes(3).agent_args(args).build();
+    let pods = (0..3)
+        .map(|n| (0..2).map(|k| tb.add_pod(n, &format!("p{n}{k}"))).collect())
+        .collect();
+    (tb, pods)
+}
+
+fn transfer(from_ns: &std::path::Path, to: &Pod, port: u16, len: usize) -> transfer::Transfer {
+    transfer::tcp(
+        &to.host_netns_path(),
+        SocketAddr::new(IpAddr::V4(to.ip()), port),
+        from_ns,
+        len,
+    )
+}
+
+/// Every packet of a router capture is WireGuard between two node addresses, and no
+/// pod address or payload appears anywhere in it.
+fn assert_only_wireguard_between_nodes(tb: &Testbed, capture: &Capture, payload_sample: &[u8]) {
+    let nodes: Vec<Ipv4Addr> = tb.nodes().map(|n| n.underlay_ip()).collect();
+    assert!(!capture.is_empty(), "the capture saw the traffic");
+    for packet in &capture.packets {
+        let b = packet.bytes();
+        assert!(b.len() >= 28 && b[0] >> 4 == 4, "not IPv4: {packet}");
+        let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+        let dst = Ipv4Addr::new(b[16], b[17], b[18], b[19]);
+        assert!(
+            nodes.contains(&src) && nodes.contains(&dst),
+            "a packet between non-node addresses: {packet}"
+        );
+        let ihl = usize::from(b[0] & 0x0f) * 4;
+        if b[9] == 1 && b[ihl] == 3 {
+            // An ICMP "unreachable" between nodes (e.g. the WireGuard port closed while
+            // a device is being replaced): it quotes a WireGuard datagram between nodes.
+            let q = &b[ihl + 8..];
+            let (qsrc, qdst) = (
+                Ipv4Addr::new(q[12], q[13], q[14], q[15]),
+                Ipv4Addr::new(q[16], q[17], q[18], q[19]),
+            );
+            assert!(
+                nodes.contains(&qsrc) && nodes.contains(&qdst) && q[9] == 17,
+                "ICMP about a non-node packet: {packet}"
+            );
+            continue;
+        }
+        assert_eq!(b[9], 17, "not UDP: {packet}");
+        let (sport, dport) = (
+            u16::from_be_bytes([b[ihl], b[ihl + 1]]),
+            u16::from_be_bytes([b[ihl + 2], b[ihl + 3]]),
+        );
+        assert_eq!(
+            (sport, dport),
+            (51820, 51820),
+            "not the WireGuard port: {packet}"
+        );
+    }
+    assert!(
+        !capture.contains_bytes(payload_sample),
+        "the transferred payload crossed the underlay in clear"
+    );
+}
+
+#[test]
+fn pods_reach_each_other_on_one_node_and_across_nodes_keeping_their_addresses() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    let all: Vec<&Pod> = pods.iter().flatten().collect();
+    for a in &all {
+        for b in &all {
+            if a.name() != b.name() {
+                assert!(
+                    a.ping(b.ip()),
+                    "{} cannot ping {}\n{}",
+                    a.name(),
+                    b.name(),
+                    tb.diagnostics()
+                );
+            }
+        }
+    }
+    // TCP both ways, same node and across nodes; the receiver sees the sender pod's IP.
+    let cases = [
+        (&pods[0][0], &pods[0][1]),
+        (&pods[0][0], &pods[1][0]),
+        (&pods[1][0], &pods[0][0]),
+        (&pods[2][1], &pods[0][1]),
+    ];
+    for (i, (from, to)) in cases.iter().enumerate() {
+        let t = transfer(&from.host_netns_path(), to, 7000 + i as u16, 4 * MB);
+        assert!(t.intact, "{} -> {}: data corrupted", from.name(), to.name());
+        assert_eq!(
+            t.seen_source.ip(),
+            IpAddr::V4(from.ip()),
+            "{} -> {}: source rewritten",
+            from.name(),
+            to.name()
+        );
+    }
+}
+
+#[test]
+fn hosts_reach_remote_pods_and_pods_reach_remote_hosts() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    let (node0, remote_pod) = (tb.node(0), &pods[1][0]);
+    assert!(
+        node0.ping(remote_pod.ip()),
+        "node0 cannot reach a pod on node1"
+    );
+    // Host traffic to remote pods leaves with the node's gateway address, which the
+    // remote side's AllowedIPs accept.
+    let t = transfer(&node0.host_netns_path(), remote_pod, 7100, MB);
+    assert!(t.intact);
+    let gateway0 = IpAddr::V4(Ipv4Addr::from(u32::from(node0.pod_cidr().network()) + 1));
+    assert_eq!(t.seen_source.ip(), gateway0);
+    // A pod reaches another node's gateway through the mesh, and its underlay address
+    // (masqueraded to its own node's address).
+    let gateway1 = Ipv4Addr::from(u32::from(tb.node(1).pod_cidr().network()) + 1);
+    assert!(pods[0][0].ping(gateway1));
+    assert!(pods[0][0].ping(tb.node(1).underlay_ip()));
+}
+
+#[test]
+fn pods_reach_the_internet_masqueraded_to_their_node_address() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    let whoami = tb.internet().start_whoami(8080);
+    for (n, node_pods) in pods.iter().enumerate() {
+        let seen = node_pods[0].exec_ok(&["curl", "-sS", "--max-time", "5", &whoami.url()]);
+        assert_eq!(
+            seen.trim(),
+            tb.node(n).underlay_ip().to_string(),
+            "pod on node{n} not masqueraded to its node"
+        );
+    }
+}
+
+#[test]
+fn the_underlay_carries_only_wireguard_between_node_addresses() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    let ((), capture) = tb.router().capture("not arp and not port 6443", || {
+        assert!(pods[0][0].ping(pods[1][0].ip()));
+        assert!(pods[2][1].ping(pods[0][1].ip()));
+        let t = transfer(&pods[0][0].host_netns_path(), &pods[2][0], 7200, 2 * MB);
+        assert!(t.intact);
+    });
+    assert!(
+        capture.len() > 100,
+        "a 2 MB transfer crossed the router: {} packets",
+        capture.len()
+    );
+    assert_only_wireguard_between_nodes(&tb, &capture, &transfer::payload(2 * MB)[MB..MB + 64]);
+    assert_eq!(
+        tb.router().pod_range_drops(),
+        0,
+        "nothing even tried to leave in clear"
+    );
+}
+
+#[test]
+fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    let node0 = tb.node(0);
+    assert!(pods[0][0].ping(pods[1][0].ip()));
+    let ((), capture) = tb.router().capture("not arp and not port 6443", || {
+        // Take wgmesh0 away and hold its name with a foreign link, so the agent cannot
+        // put its device back until the test lets it (the repair is otherwise faster
+        // than the test can look).
+        let mut held = false;
+        for _ in 0..20 {
+            let out = node0.sh("ip link del wgmesh0 && ip link add wgmesh0 type bridge");
+            if out.status.success() {
+                held = true;
+                break;
+            }
+        }
+        assert!(held, "could not take wgmesh0 over");
+        assert!(
+            !pods[0][0].ping(pods[1][0].ip()),
+            "cross-node traffic flowed without the WireGuard device"
+        );
+        assert!(
+            !pods[1][0].ping(pods[0][0].ip()),
+            "traffic into node0 flowed without its device"
+        );
+        assert!(
+            pods[0][0].ping(pods[0][1].ip()),
+            "same-node traffic does not need the mesh"
+        );
+        let ready = node0.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9474/readyz",
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&ready.stdout),
+            "503",
+            "/readyz while wgmesh0 is not ours"
+        );
+        node0.exec_ok(&["ip", "link", "del", "wgmesh0"]);
+    });
+    let start = Instant::now();
+    wait_until(WAIT, "the agent to restore cross-node traffic", || {
+        pods[0][0].ping(pods[1][0].ip()).then_some(())
+    });
+    eprintln!(
+        "connectivity restored {:?} after the name was freed",
+        start.elapsed()
+    );
+    wait_until(WAIT, "/readyz to recover", || {
+        let out = node0.exec(&["curl", "-sf", "http://127.0.0.1:9474/readyz"]);
+        out.status.success().then_some(())
+    });
+    // While wgmesh0 was gone nothing left node0 in clear.
+    assert_only_wireguard_between_nodes(&tb, &capture, b"no payload sample");
+    assert_eq!(tb.router().pod_range_drops(), 0);
+}
+
+#[test]
+fn a_fourth_node_joins_within_two_seconds_and_a_deleted_node_leaves_every_peer_list() {
+    require_root!();
+    let (mut tb, pods) = cluster(&[]);
+    let joined = tb.add_node();
+    let newcomer = tb.add_pod(joined, "p30");
+    let start = Instant::now();
+    for p in pods.iter().flatten() {
+        wait_until(
+            Duration::from_secs(2),
+            "the new node's pod to reach every pod",
+            || newcomer.ping(p.ip()).then_some(()),
+        );
+        assert!(
+            p.ping(newcomer.ip()),
+            "{} cannot reach the new pod",
+            p.name()
+        );
+    }
+    eprintln!(
+        "the new node's pod reached all 6 pods {:?} after add_node",
+        start.elapsed()
+    );
+
+    tb.delete_node_object(1);
+    let gone = tb.node(1).name().to_string();
+    for i in [0, 2, 3] {
+        let node = tb.node(i);
+        wait_until(WAIT, "the deleted node to leave the peer list", || {
+            (!node.mesh_peers().contains(&gone)).then_some(())
+        });
+        let key = tb
+            .node_annotations(1)
+            .get(wgmesh_testbed::annotation::PUBLIC_KEY)
+            .cloned();
+        let wg = node.exec_ok(&["wg", "show", "wgmesh0", "peers"]);
+        assert_eq!(wg.lines().count(), 2, "{}: {wg}", node.name());
+        if let Some(key) = key {
+            assert!(
+                !wg.contains(&key),
+                "{} still has {gone} as a WireGuard peer",
+                node.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn wg_show_metrics_and_status_report_every_peer_with_recent_handshakes() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    // Traffic to every other node, so every peer has a handshake and bytes.
+    for n in 1..3 {
+        assert!(pods[0][0].ping(pods[n][0].ip()));
+    }
+    let node0 = tb.node(0);
+    let dump = node0.exec_ok(&["wg", "show", "wgmesh0", "dump"]);
+    let peers: Vec<&str> = dump.lines().skip(1).collect();
+    assert_eq!(peers.len(), 2, "{dump}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for line in &peers {
+        let f: Vec<&str> = line.split('\t').collect();
+        let handshake: u64 = f[4].parse().unwrap();
+        assert!(
+            handshake > 0 && now - handshake < 180,
+            "stale handshake in {line}"
+        );
+        assert!(
+            f[5].parse::<u64>().unwrap() > 0 && f[6].parse::<u64>().unwrap() > 0,
+            "no bytes in {line}"
+        );
+    }
+    let text = node0.exec_ok(&["wg", "show", "wgmesh0"]);
+    // wg prints "Now" or "N seconds ago" from the wall-clock handshake time.
+    let ages: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("latest handshake: "))
+        .collect();
+    assert_eq!(ages.len(), 2, "{text}");
+    assert!(
+        ages.iter()
+            .all(|a| *a == "Now" || (a.ends_with("ago") && !a.contains("year"))),
+        "{text}"
+    );
+
+    // /metrics: a handshake age under 180 s and bytes both ways for every other node.
+    let metrics = node0.exec_ok(&["curl", "-sf", "http://127.0.0.1:9474/metrics"]);
+    for other in [tb.node(1).name(), tb.node(2).name()] {
+        let value = |name: &str| -> f64 {
+            let prefix = format!("{name}{{node=\"{other}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(value("wgmesh_peer_last_handshake_age_seconds") < 180.0);
+        assert!(value("wgmesh_peer_receive_bytes_total") > 0.0);
+        assert!(value("wgmesh_peer_transmit_bytes_total") > 0.0);
+    }
+    assert!(metrics.lines().any(|l| l == "wgmesh_peers 2"), "{metrics}");
+    assert!(
+        metrics.contains("wgmesh_dataplane_packets_dropped_total{reason=\"no_route\"}"),
+        "{metrics}"
+    );
+
+    // `wgmesh status` on the node reads the device too.
+    let kubeconfig = tb.node_kubeconfig().to_string_lossy().into_owned();
+    let wgmesh = wgmesh_testkit::workspace_bin("wgmesh")
+        .to_string_lossy()
+        .into_owned();
+    let json = node0.exec_ok(&[
+        &wgmesh,
+        "status",
+        "-o",
+        "json",
+        "--node-name",
+        node0.name(),
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    for row in rows.iter().filter(|r| r["local"] == false) {
+        assert!(
+            row["latest_handshake_seconds"]
+                .as_u64()
+                .is_some_and(|s| s < 180),
+            "{row}"
+        );
+        assert!(row["rx_bytes"].as_u64().is_some_and(|b| b > 0), "{row}");
+        assert_eq!(row["problems"], serde_json::json!([]), "{row}");
+    }
+    let table = node0.exec_ok(&[
+        &wgmesh,
+        "status",
+        "--node-name",
+        node0.name(),
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(
+        table.contains("s ago") && table.contains("(local)"),
+        "{table}"
+    );
+    let dot = node0.exec_ok(&[
+        &wgmesh,
+        "graph",
+        "--node-name",
+        node0.name(),
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(
+        dot.contains(&format!(
+            "\"{}\" -- \"{}\" [label=",
+            node0.name(),
+            tb.node(1).name()
+        )),
+        "{dot}"
+    );
+}
+
+#[test]
+fn liveness_stays_ok_while_the_api_server_is_down_and_mtu_follows_the_underlay() {
+    require_root!();
+    let (mut tb, pods) = cluster(&[]);
+    let node0 = tb.node(0);
+    // MTU: the underlay's minus 80, on wgmesh0, the bridge, the conflist and pods.
+    let mtu_in = |out: String| -> u32 {
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let i = words
+            .iter()
+            .position(|w| *w == "mtu")
+            .expect("mtu in `ip link` output");
+        words[i + 1].parse().unwrap()
+    };
+    let mtu = |dev: &str| mtu_in(node0.exec_ok(&["ip", "-o", "link", "show", "dev", dev]));
+    let want = mtu("eth0") - 80;
+    assert_eq!(mtu("wgmesh0"), want);
+    assert_eq!(mtu("wgmesh-br"), want);
+    let conflist: serde_json::Value = serde_json::from_str(&node0.conflist().unwrap()).unwrap();
+    assert_eq!(conflist["plugins"][0]["mtu"], want);
+    assert_eq!(
+        mtu_in(pods[0][0].exec_ok(&["ip", "-o", "link", "show", "dev", "eth0"])),
+        want
+    );
+
+    let code = |tb: &Testbed, path: &str| {
+        let out = tb.node(0).exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:9474{path}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    tb.api_mut().stop();
+    assert_eq!(code(&tb, "/healthz"), "200");
+    assert_eq!(
+        code(&tb, "/readyz"),
+        "200",
+        "readiness does not flap with the API server"
+    );
+    assert!(
+        pods[0][0].ping(pods[1][0].ip()),
+        "pod traffic keeps flowing without the API server"
+    );
+    tb.api_mut().restart();
+    assert_eq!(code(&tb, "/healthz"), "200");
+}
