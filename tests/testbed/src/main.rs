@@ -5,6 +5,8 @@
 //! per node, prints how to enter every node and pod, and tears everything down again:
 //! at once, or with `--keep` on Ctrl-C / SIGTERM.
 
+mod demo;
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,6 +37,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The demo: a 3-node cluster with 2 pods per node; show and check, step by step,
+    /// what wgmesh does (exit status 1 if a check fails), then tear down (with --keep:
+    /// on Ctrl-C or SIGTERM, after printing how to enter nodes and pods).
+    Demo {
+        #[arg(long)]
+        keep: bool,
+    },
     /// Build a cluster, print how to enter it, then tear it down (with --keep: on
     /// Ctrl-C or SIGTERM).
     Up {
@@ -74,8 +83,44 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Up { nodes, pods, keep } => up(nodes as usize, pods, keep),
+        Command::Demo { keep } => return run_demo(keep),
     }
     ExitCode::SUCCESS
+}
+
+fn run_demo(keep: bool) -> ExitCode {
+    let tb = Testbed::builder().nodes(3).build();
+    let pods: Vec<Vec<Pod>> = (0..3)
+        .map(|n| {
+            (0..2)
+                .map(|k| tb.add_pod(n, &format!("pod-{n}-{k}")))
+                .collect()
+        })
+        .collect();
+    say!(
+        "wgmesh demo: 3 nodes (network + mount namespaces), 2 pods each, built in {:.2} s",
+        tb.build_duration().as_secs_f64()
+    );
+    let result = demo::run(&tb, &pods);
+    match &result {
+        Ok(()) => say!("\n\x1b[1;32mAll checks passed.\x1b[0m"),
+        Err(what) => say!("\n\x1b[1;31mFAILED: {what}\x1b[0m\n{}", tb.diagnostics()),
+    }
+    if keep {
+        let flat: Vec<Pod> = pods.into_iter().flatten().collect();
+        print_cluster(&tb, &flat);
+        say!("\nKept until Ctrl-C or SIGTERM.");
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    say!("Tearing down.");
+    drop(tb);
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Set by SIGINT or SIGTERM.

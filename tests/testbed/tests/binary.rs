@@ -87,3 +87,30 @@ fn up_with_keep_holds_the_cluster_until_sigterm() {
     assert!(rest.contains("Torn down."), "{rest}");
     assert_no_namespaces_of(&id);
 }
+
+#[test]
+fn the_demo_checks_every_step_and_tears_down() {
+    require_root!();
+    let out = Command::new(BIN)
+        .arg("demo")
+        .stdin(Stdio::null())
+        .output()
+        .expect("wgmesh-testbed runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in 1..=7 {
+        assert!(
+            stdout.contains(&format!("== {step}. ")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("All checks passed.") && !stdout.contains("FAILED"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Tearing down."));
+}
