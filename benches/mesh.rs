@@ -38,6 +38,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+const NO_PEERS: &[wgmesh::mesh::ParsedPeer] = &[];
+
 fn node(i: usize) -> NodeView {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
@@ -106,10 +108,10 @@ fn main() {
         let local = views[0].name.clone();
         let full = measure(|| {
             let parsed: Vec<ParsedNode> = views.iter().map(|v| mesh::parse(v, &cfg)).collect();
-            mesh::plan(&local, None, &parsed, &cfg)
+            mesh::plan(&local, None, &parsed, NO_PEERS, &cfg)
         });
         let mut parsed: Vec<ParsedNode> = views.iter().map(|v| mesh::parse(v, &cfg)).collect();
-        let plan = mesh::plan(&local, None, &parsed, &cfg);
+        let plan = mesh::plan(&local, None, &parsed, NO_PEERS, &cfg);
         assert_eq!(plan.peers.len(), n - 1, "every other node is a peer");
         assert!(plan.rejected.is_empty());
         // One node changes its endpoint: re-parse it, plan again (what the agent does).
@@ -119,7 +121,7 @@ fn main() {
             .insert(annotation::ENDPOINT.into(), "203.0.113.9:51820".into());
         let single = measure(|| {
             parsed[n / 2] = mesh::parse(&changed, &cfg);
-            mesh::plan(&local, None, &parsed, &cfg)
+            mesh::plan(&local, None, &parsed, NO_PEERS, &cfg)
         });
         for (what, s) in [("full recompute", &full), ("single-node change", &single)] {
             println!(

@@ -19,6 +19,7 @@ pub mod key;
 pub mod mesh;
 pub mod model;
 pub mod netlink;
+pub mod peer_config;
 pub mod status;
 pub mod sysctl;
 pub mod telemetry;

@@ -31,6 +31,8 @@ enum Command {
     Status(StatusArgs),
     /// The mesh as Graphviz DOT (render with `dot -Tsvg`).
     Graph(StatusArgs),
+    /// Print a wg-quick configuration for an external peer (a Peer object).
+    PeerConfig(PeerConfigArgs),
     /// Remove everything the agent created on this node: the nftables table, routes,
     /// wgmesh0, the bridge, the CNI config and the state directory (private key).
     Uninstall(UninstallArgs),
@@ -82,6 +84,18 @@ struct StatusArgs {
 enum OutputFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Args)]
+struct PeerConfigArgs {
+    /// The Peer object's name.
+    name: String,
+    /// The peer's private key file (`wg genkey` output); without it the config holds a
+    /// placeholder to fill in.
+    #[arg(long)]
+    private_key_file: Option<PathBuf>,
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +222,28 @@ async fn status(a: StatusArgs, graph: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn peer_config(a: PeerConfigArgs) -> anyhow::Result<()> {
+    let key = match &a.private_key_file {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            );
+            Some(
+                wgmesh::key::PrivateKey::from_base64(text.trim()).with_context(|| {
+                    format!("{} does not hold a WireGuard private key", path.display())
+                })?,
+            )
+        }
+        None => None,
+    };
+    print!(
+        "{}",
+        wgmesh::peer_config::fetch(a.kubeconfig.as_deref(), &a.name, key.as_ref()).await?
+    );
+    Ok(())
+}
+
 async fn uninstall(u: wgmesh::uninstall::Uninstall) -> anyhow::Result<()> {
     let failed = wgmesh::uninstall::run(&u).await;
     if failed.is_empty() {
@@ -297,6 +333,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(a) => runtime()?.block_on(run_agent(a)),
         Command::Status(a) => runtime()?.block_on(status(a, false)),
         Command::Graph(a) => runtime()?.block_on(status(a, true)),
+        Command::PeerConfig(a) => runtime()?.block_on(peer_config(a)),
         Command::Uninstall(u) => runtime()?.block_on(uninstall(wgmesh::uninstall::Uninstall {
             interface: u.interface,
             bridge: u.bridge,

@@ -135,6 +135,7 @@ where
     let client = k8s::client(cfg.kubeconfig.as_deref()).await?;
     let changed = Arc::new(Notify::new());
     let watch = NodeWatch::start(client.clone(), changed.clone());
+    let peer_watch = crate::k8s::peers::PeerWatch::start(client.clone(), changed.clone());
     // Deleted routes or links wake the loop at once, not at the next resync.
     let monitor = crate::dataplane::monitor::spawn(changed.clone()).map_err(Error::Monitor)?;
     let mut reconciler = Reconciler::new(cfg.clone(), client, public_key)?;
@@ -156,7 +157,9 @@ where
             continue;
         }
         let started = std::time::Instant::now();
-        let result = reconciler.reconcile(&watch.nodes(), &mut dataplane).await;
+        let result = reconciler
+            .reconcile(&watch.nodes(), &peer_watch.peers(), &mut dataplane)
+            .await;
         telemetry.reconciled(
             started.elapsed(),
             result

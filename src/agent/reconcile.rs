@@ -52,6 +52,7 @@ impl Reconciler {
     pub async fn reconcile<D: DataPlane>(
         &mut self,
         nodes: &[Arc<Node>],
+        peers: &[mesh::PeerView],
         dataplane: &mut D,
     ) -> Result<(), Error> {
         let me = self.cfg.node_name.clone();
@@ -92,10 +93,12 @@ impl Reconciler {
         }
 
         // 2. The mesh.
+        let external: Vec<mesh::ParsedPeer> = peers.iter().map(mesh::parse_peer).collect();
         let plan = mesh::plan(
             &me,
             Some(&self.public_key),
             self.parsed.values().map(|(_, p)| p),
+            &external,
             &self.cfg.mesh,
         );
         for (node, problems) in &plan.rejected {
@@ -223,20 +226,27 @@ impl Reconciler {
 }
 
 fn log_changes(old: Option<&MeshPlan>, new: &MeshPlan) {
-    let empty = BTreeMap::new();
-    let old_peers = old.map(|p| &p.peers).unwrap_or(&empty);
-    for (name, peer) in &new.peers {
+    let empty = MeshPlan::default();
+    log_peer_changes(&old.unwrap_or(&empty).peers, &new.peers);
+    log_peer_changes(&old.unwrap_or(&empty).external, &new.external);
+}
+
+fn log_peer_changes(
+    old_peers: &BTreeMap<String, mesh::PeerPlan>,
+    new_peers: &BTreeMap<String, mesh::PeerPlan>,
+) {
+    for (name, peer) in new_peers {
         match old_peers.get(name) {
             None => {
-                tracing::info!(peer = %name, public_key = %peer.public_key.short(), endpoint = %peer.endpoint, "peer added")
+                tracing::info!(peer = %name, public_key = %peer.public_key.short(), endpoint = ?peer.endpoint, "peer added")
             }
             Some(o) if o != peer => {
-                tracing::info!(peer = %name, endpoint = %peer.endpoint, "peer changed")
+                tracing::info!(peer = %name, endpoint = ?peer.endpoint, "peer changed")
             }
             _ => {}
         }
     }
-    for name in old_peers.keys().filter(|n| !new.peers.contains_key(*n)) {
+    for name in old_peers.keys().filter(|n| !new_peers.contains_key(*n)) {
         tracing::info!(peer = %name, "peer removed");
     }
 }

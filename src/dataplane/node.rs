@@ -142,13 +142,18 @@ impl NodeDataPlane {
 
     async fn sync_peers(&mut self, plan: &MeshPlan) -> Result<(), Error> {
         let mut desired = BTreeMap::new();
-        for peer in plan.peers.values() {
+        // Nodes and external peers alike.
+        for peer in plan.peers.values().chain(plan.external.values()) {
+            let endpoint = match &peer.endpoint {
+                Some(e) => resolve(e).await,
+                None => None,
+            };
             desired.insert(
                 peer.public_key,
                 PeerConfig {
                     public_key: peer.public_key,
                     preshared_key: None,
-                    endpoint: resolve(&peer.endpoint).await,
+                    endpoint,
                     allowed_ips: peer.allowed_ips.clone(),
                     persistent_keepalive: peer.persistent_keepalive.unwrap_or(0),
                 },

@@ -98,16 +98,29 @@ impl Reporter {
         Event {
             metadata: ObjectMeta {
                 // Unique per event, like the kubelet's `<object>.<hex time>`.
-                name: Some(format!("{node}.{:x}", now.as_nanosecond())),
+                name: Some(format!(
+                    "{}.{:x}",
+                    node.replace('/', "-"),
+                    now.as_nanosecond()
+                )),
                 namespace: Some(EVENT_NAMESPACE.to_string()),
                 ..ObjectMeta::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.to_string()),
-                uid: uid.cloned(),
-                ..ObjectReference::default()
+            involved_object: match node.strip_prefix(crate::mesh::peer::PEER_PREFIX) {
+                Some(peer) => ObjectReference {
+                    api_version: Some(format!("{}/{}", super::peers::GROUP, super::peers::VERSION)),
+                    kind: Some(super::peers::KIND.into()),
+                    name: Some(peer.to_string()),
+                    uid: uid.cloned(),
+                    ..ObjectReference::default()
+                },
+                None => ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Node".into()),
+                    name: Some(node.to_string()),
+                    uid: uid.cloned(),
+                    ..ObjectReference::default()
+                },
             },
             reason: Some(reason.to_string()),
             message: Some(message.to_string()),

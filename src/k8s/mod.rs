@@ -3,6 +3,7 @@
 //! [`translate`] (pure).
 
 pub mod events;
+pub mod peers;
 pub mod publish;
 pub mod translate;
 pub mod watch;

@@ -14,7 +14,12 @@ use crate::key::PublicKey;
 /// Who holds a CIDR in the overlap sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Holder<'a> {
+    /// The local node: always keeps its CIDRs.
     Local,
+    /// A node whose spec.podCIDRs are authoritative against external peers: it keeps
+    /// its CIDRs, whoever else claims them is refused.
+    Reserved(&'a str),
+    /// A node or peer that loses its claim on any overlap.
     Node(&'a str),
 }
 
@@ -86,11 +91,18 @@ pub struct ProblemKey {
     /// `None` when the other holder is the local node.
     pub other: Option<String>,
     pub other_cidr: IpNet,
+    /// The other holder keeps its CIDR ([`Holder::Reserved`]).
+    pub other_wins: bool,
 }
 
 impl ProblemKey {
     pub fn into_problem(self) -> Problem {
         match self.other {
+            Some(node) if self.other_wins => Problem::PodCidrOfNode {
+                cidr: self.cidr,
+                node,
+                node_cidr: self.other_cidr,
+            },
             Some(other) => Problem::OverlappingPodCidr {
                 cidr: self.cidr,
                 other,
@@ -111,16 +123,18 @@ fn record<'a>(
     other: Holder<'a>,
     other_net: IpNet,
 ) {
-    // The local node is never left out of its own mesh.
+    // The local node is never left out of its own mesh, nor a reserved holder.
     let Holder::Node(name) = who else { return };
-    let other = match other {
-        Holder::Local => None,
-        Holder::Node(n) => Some(n.to_string()),
+    let (other, other_wins) = match other {
+        Holder::Local => (None, true),
+        Holder::Reserved(n) => (Some(n.to_string()), true),
+        Holder::Node(n) => (Some(n.to_string()), false),
     };
     out.entry(name).or_default().insert(ProblemKey {
         cidr: net,
         other,
         other_cidr: other_net,
+        other_wins,
     });
 }
 

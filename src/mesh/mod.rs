@@ -9,6 +9,7 @@
 pub mod advertise;
 pub mod conflicts;
 pub mod node;
+pub mod peer;
 pub mod plan;
 pub mod problem;
 
@@ -16,6 +17,7 @@ use ipnet::IpNet;
 
 pub use advertise::{Advertisement, advertise};
 pub use node::{ParsedNode, parse};
+pub use peer::{ParsedPeer, PeerView, parse_peer};
 pub use plan::{FirewallPlan, LocalPlan, MeshPlan, PeerPlan, RoutePlan, plan};
 pub use problem::{Problem, Warning};
 

@@ -1,6 +1,5 @@
 //! One node's annotations and spec, validated: what the mesh may use of it. Pure.
 
-use ipnet::IpNet;
 use serde::Serialize;
 
 use super::MeshConfig;
@@ -176,11 +175,4 @@ fn pod_subnets(
             }
         },
     }
-}
-
-/// Every pod CIDR the node may hold, as nets (empty when unknown).
-pub(crate) fn nets_of(node: &ParsedNode) -> Vec<IpNet> {
-    node.pod_subnets
-        .map(|s| s.nets().collect())
-        .unwrap_or_default()
 }

@@ -8,18 +8,20 @@ use serde::{Deserialize, Serialize};
 
 use super::MeshConfig;
 use super::conflicts::{self, Holder};
-use super::node::{ParsedNode, nets_of};
+use super::node::ParsedNode;
+use super::peer::ParsedPeer;
 use super::problem::{Problem, Warning};
 use crate::cni::{NetworkConfig, PodSubnets};
 use crate::key::PublicKey;
 use crate::model::Endpoint;
 
-/// One WireGuard peer: another node.
+/// One WireGuard peer: another node, or an external peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPlan {
     pub public_key: PublicKey,
-    pub endpoint: Endpoint,
-    /// That node's pod CIDRs.
+    /// Always set for nodes; `None` for an external peer that connects out.
+    pub endpoint: Option<Endpoint>,
+    /// That node's pod CIDRs, or the external peer's allowedIPs.
     pub allowed_ips: Vec<IpNet>,
     /// Seconds; `None` = off.
     pub persistent_keepalive: Option<u16>,
@@ -33,7 +35,7 @@ pub struct RoutePlan {
     /// The local gateway of the same family, so host-originated packets carry a pod
     /// source address and pass the remote side's AllowedIPs check.
     pub src: Option<IpAddr>,
-    /// The node whose pods live there.
+    /// The node whose pods live there (`peer/<name>` for an external peer).
     pub node: String,
 }
 
@@ -68,6 +70,9 @@ pub struct MeshPlan {
     pub local: Option<LocalPlan>,
     /// One peer per other usable node, by node name.
     pub peers: BTreeMap<String, PeerPlan>,
+    /// External peers (`Peer` objects), by object name.
+    #[serde(default)]
+    pub external: BTreeMap<String, PeerPlan>,
     pub routes: BTreeSet<RoutePlan>,
     /// An unreachable route for each cluster CIDR, under the more specific routes: pod
     /// traffic with no route through the mesh is dropped here, never sent on the
@@ -76,7 +81,7 @@ pub struct MeshPlan {
     pub firewall: FirewallPlan,
     /// MTU of the mesh interface, the bridge and pod interfaces.
     pub mtu: u32,
-    /// Nodes left out, and why.
+    /// Nodes (and `peer/<name>` external peers) left out, and why.
     #[serde(skip)]
     pub rejected: BTreeMap<String, Vec<Problem>>,
     /// Nodes used with a caveat.
@@ -92,102 +97,193 @@ impl MeshPlan {
     }
 }
 
-/// Computes the plan of node `local_name` from every node's parsed view.
-/// `local_key` is this node's own public key: a remote node publishing it is refused.
+/// A node or an external peer: what the conflict checks and the peer list need.
+struct Member<'a> {
+    /// Node name, or `peer/<name>` for an external peer.
+    id: String,
+    public_key: PublicKey,
+    endpoint: Option<Endpoint>,
+    allowed: Vec<IpNet>,
+    persistent_keepalive: Option<u16>,
+    external: Option<&'a ParsedPeer>,
+}
+
+/// Computes the plan of node `local_name` from every node's and every external peer's
+/// parsed view. `local_key` is this node's own public key: anyone else publishing it is
+/// refused.
 pub fn plan<'a>(
     local_name: &str,
     local_key: Option<&PublicKey>,
     nodes: impl IntoIterator<Item = &'a ParsedNode>,
+    peers: impl IntoIterator<Item = &'a ParsedPeer>,
     cfg: &MeshConfig,
 ) -> MeshPlan {
     let nodes: Vec<&ParsedNode> = nodes.into_iter().collect();
     let mut out = MeshPlan::default();
-    let local = nodes.iter().find(|n| n.name == local_name);
-    let local_subnets = local.and_then(|n| n.pod_subnets);
+    let local_subnets = nodes
+        .iter()
+        .find(|n| n.name == local_name)
+        .and_then(|n| n.pod_subnets);
     out.local = local_subnets.map(|pod_subnets| LocalPlan {
         name: local_name.to_string(),
         pod_subnets,
     });
 
-    let mut rejected: BTreeMap<&str, Vec<Problem>> = BTreeMap::new();
-    let mut usable: Vec<&ParsedNode> = Vec::new();
+    let mut rejected: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+    let mut members: Vec<Member> = Vec::new();
     for node in nodes.iter().copied().filter(|n| n.name != local_name) {
         if !node.warnings.is_empty() {
             out.warnings
                 .insert(node.name.clone(), node.warnings.clone());
         }
-        if node.is_usable() {
-            usable.push(node);
-        } else {
-            rejected.insert(&node.name, node.problems.clone());
+        match (node.is_usable(), node.public_key, node.pod_subnets) {
+            (true, Some(public_key), Some(subnets)) => members.push(Member {
+                id: node.name.clone(),
+                public_key,
+                endpoint: node.endpoint.clone(),
+                allowed: subnets.nets().collect(),
+                persistent_keepalive: node.persistent_keepalive,
+                external: None,
+            }),
+            _ => {
+                rejected.insert(node.name.clone(), node.problems.clone());
+            }
+        }
+    }
+    for peer in peers {
+        match (peer.problems.is_empty(), peer.public_key) {
+            (true, Some(public_key)) => members.push(Member {
+                id: peer.id(),
+                public_key,
+                endpoint: peer.endpoint.clone(),
+                allowed: peer.allowed_ips.clone(),
+                persistent_keepalive: peer.persistent_keepalive,
+                external: Some(peer),
+            }),
+            _ => {
+                rejected.insert(peer.id(), peer.problems.clone());
+            }
         }
     }
 
+    // Nodes among themselves (and the local node): every party to a conflict is out.
+    let is_node = |m: &Member| m.external.is_none();
     let dups = conflicts::duplicate_keys(
-        usable
+        members
             .iter()
-            .filter_map(|n| Some((n.name.as_str(), n.public_key?))),
+            .filter(|m| is_node(m))
+            .map(|m| (m.id.as_str(), m.public_key)),
         local_key,
     );
-    for (name, p) in dups {
-        rejected.entry(name).or_default().push(p);
-    }
-    usable.retain(|n| !rejected.contains_key(n.name.as_str()));
-
-    let cidrs = usable
+    let local_holders = || {
+        local_subnets
+            .into_iter()
+            .flat_map(|s| s.nets().map(|c| (Holder::Local, c)).collect::<Vec<_>>())
+    };
+    let node_cidrs = members
         .iter()
-        .flat_map(|n| {
-            nets_of(n)
-                .into_iter()
-                .map(move |c| (Holder::Node(n.name.as_str()), c))
+        .filter(|m| is_node(m))
+        .flat_map(|m| {
+            m.allowed
+                .iter()
+                .map(move |c| (Holder::Node(m.id.as_str()), *c))
         })
-        .chain(
-            local_subnets
-                .into_iter()
-                .flat_map(|s| s.nets().map(|c| (Holder::Local, c)).collect::<Vec<_>>()),
-        );
-    for (name, keys) in conflicts::overlapping_cidrs(cidrs) {
+        .chain(local_holders());
+    let overlaps = conflicts::overlapping_cidrs(node_cidrs);
+    for (id, p) in dups {
+        rejected.entry(id.to_string()).or_default().push(p);
+    }
+    for (id, keys) in overlaps {
         rejected
-            .entry(name)
+            .entry(id.to_string())
             .or_default()
             .extend(keys.into_iter().map(|k| k.into_problem()));
     }
-    usable.retain(|n| !rejected.contains_key(n.name.as_str()));
 
-    for node in usable {
-        // `is_usable` guarantees these are set.
-        let (Some(public_key), Some(endpoint), Some(subnets)) =
-            (node.public_key, node.endpoint.clone(), node.pod_subnets)
-        else {
-            continue;
-        };
-        for dst in subnets.nets() {
+    // External peers against every node, usable or not (spec.podCIDRs and node keys are
+    // authoritative: a Peer can neither take nor knock out a node's range or key), then
+    // among themselves.
+    let node_keys: BTreeMap<PublicKey, &str> = nodes
+        .iter()
+        .filter(|n| n.name != local_name)
+        .filter_map(|n| Some((n.public_key?, n.name.as_str())))
+        .collect();
+    for m in members.iter().filter(|m| !is_node(m)) {
+        if local_key == Some(&m.public_key) {
+            rejected
+                .entry(m.id.clone())
+                .or_default()
+                .push(Problem::PublicKeyOfThisNode);
+        } else if let Some(node) = node_keys.get(&m.public_key) {
+            rejected
+                .entry(m.id.clone())
+                .or_default()
+                .push(Problem::PublicKeyOfNode {
+                    node: node.to_string(),
+                });
+        }
+    }
+    let peer_dups = conflicts::duplicate_keys(
+        members
+            .iter()
+            .filter(|m| !is_node(m) && !rejected.contains_key(&m.id))
+            .map(|m| (m.id.as_str(), m.public_key)),
+        None,
+    );
+    let peer_cidrs = members
+        .iter()
+        .filter(|m| !is_node(m))
+        .flat_map(|m| {
+            m.allowed
+                .iter()
+                .map(move |c| (Holder::Node(m.id.as_str()), *c))
+        })
+        .chain(nodes.iter().filter(|n| n.name != local_name).flat_map(|n| {
+            n.pod_subnets
+                .iter()
+                .flat_map(|s| s.nets())
+                .map(move |c| (Holder::Reserved(n.name.as_str()), c))
+                .collect::<Vec<_>>()
+        }))
+        .chain(local_holders());
+    let peer_overlaps = conflicts::overlapping_cidrs(peer_cidrs);
+    for (id, p) in peer_dups {
+        rejected.entry(id.to_string()).or_default().push(p);
+    }
+    for (id, keys) in peer_overlaps {
+        rejected
+            .entry(id.to_string())
+            .or_default()
+            .extend(keys.into_iter().map(|k| k.into_problem()));
+    }
+    members.retain(|m| !rejected.contains_key(&m.id));
+
+    for m in members {
+        for dst in &m.allowed {
             let src = local_subnets.and_then(|l| {
                 l.nets()
                     .find(|n| n.addr().is_ipv6() == dst.addr().is_ipv6())
                     .map(|n| l.gateway_of(n))
             });
             out.routes.insert(RoutePlan {
-                dst,
+                dst: *dst,
                 dev: cfg.interface.clone(),
                 src,
-                node: node.name.clone(),
+                node: m.id.clone(),
             });
         }
-        out.peers.insert(
-            node.name.clone(),
-            PeerPlan {
-                public_key,
-                endpoint,
-                allowed_ips: subnets.nets().collect(),
-                persistent_keepalive: node.persistent_keepalive,
-            },
-        );
+        let peer = PeerPlan {
+            public_key: m.public_key,
+            endpoint: m.endpoint,
+            allowed_ips: m.allowed,
+            persistent_keepalive: m.persistent_keepalive,
+        };
+        match m.external {
+            None => out.peers.insert(m.id, peer),
+            Some(p) => out.external.insert(p.name.clone(), peer),
+        };
     }
-    out.rejected = rejected
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    out.rejected = rejected;
     out.unreachable = cfg.cluster_cidrs.iter().copied().collect();
     out.mtu = cfg.mtu;
     out.firewall = firewall(&out, cfg);
@@ -200,14 +296,21 @@ fn firewall(plan: &MeshPlan, cfg: &MeshConfig) -> FirewallPlan {
         .iter()
         .flat_map(|l| l.pod_subnets.nets())
         .collect();
+    // External peers' ranges are guarded like pod ranges: never sent in clear, never
+    // masqueraded.
+    let external = plan
+        .external
+        .values()
+        .flat_map(|p| p.allowed_ips.iter().copied());
     let guarded = if cfg.cluster_cidrs.is_empty() {
         plan.peers
             .values()
             .flat_map(|p| p.allowed_ips.iter().copied())
             .chain(local_nets.iter().copied())
+            .chain(external)
             .collect()
     } else {
-        cfg.cluster_cidrs.iter().copied().collect()
+        cfg.cluster_cidrs.iter().copied().chain(external).collect()
     };
     FirewallPlan {
         guarded,

@@ -20,6 +20,11 @@ pub enum Problem {
     MissingAnnotation {
         key: &'static str,
     },
+    /// A `Peer` object's spec is unusable.
+    InvalidPeerSpec {
+        field: &'static str,
+        error: String,
+    },
     /// The local node has no status address of the configured type.
     NoNodeAddress {
         address_type: &'static str,
@@ -52,6 +57,16 @@ pub enum Problem {
         cidr: IpNet,
         other: String,
         other_cidr: IpNet,
+    },
+    /// An external peer claims (part of) a node's pod CIDR; the node keeps it.
+    PodCidrOfNode {
+        cidr: IpNet,
+        node: String,
+        node_cidr: IpNet,
+    },
+    /// An external peer uses a node's public key; the node keeps it.
+    PublicKeyOfNode {
+        node: String,
     },
     /// Its pod CIDR overlaps this node's own, which always wins here.
     PodCidrOfThisNode {
@@ -92,6 +107,7 @@ impl Problem {
     pub fn reason(&self) -> &'static str {
         match self {
             Problem::NotPublished => "NotPublished",
+            Problem::InvalidPeerSpec { .. } => "InvalidPeerSpec",
             Problem::MissingAnnotation { .. } => "MissingAnnotation",
             Problem::NoNodeAddress { .. } => "NoNodeAddress",
             Problem::InvalidPublicKey { .. } => "InvalidPublicKey",
@@ -100,10 +116,10 @@ impl Problem {
             Problem::InvalidPodCidrs { .. } => "InvalidPodCIDRs",
             Problem::PodCidrOutsideCluster { .. } => "PodCIDROutsideCluster",
             Problem::DuplicatePublicKey { .. } => "DuplicatePublicKey",
-            Problem::PublicKeyOfThisNode => "DuplicatePublicKey",
-            Problem::OverlappingPodCidr { .. } | Problem::PodCidrOfThisNode { .. } => {
-                "OverlappingPodCIDR"
-            }
+            Problem::PublicKeyOfThisNode | Problem::PublicKeyOfNode { .. } => "DuplicatePublicKey",
+            Problem::OverlappingPodCidr { .. }
+            | Problem::PodCidrOfThisNode { .. }
+            | Problem::PodCidrOfNode { .. } => "OverlappingPodCIDR",
         }
     }
 }
@@ -111,6 +127,7 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Problem::InvalidPeerSpec { field, error } => write!(f, "{field}: {error}"),
             Problem::NotPublished => write!(
                 f,
                 "node has not published its WireGuard key and endpoint (is wgmesh running there?)"
@@ -143,6 +160,19 @@ impl fmt::Display for Problem {
             }
             Problem::PublicKeyOfThisNode => {
                 write!(f, "node publishes the public key of the local node")
+            }
+            Problem::PublicKeyOfNode { node } => {
+                write!(f, "uses the public key of node {node}; the node keeps it")
+            }
+            Problem::PodCidrOfNode {
+                cidr,
+                node,
+                node_cidr,
+            } => {
+                write!(
+                    f,
+                    "{cidr} overlaps pod CIDR {node_cidr} of node {node}; the node keeps it"
+                )
             }
             Problem::OverlappingPodCidr {
                 cidr,

@@ -8,6 +8,9 @@ use super::*;
 use crate::key::PublicKey;
 use crate::model::{NodeView, annotation};
 
+/// No external peers.
+const NO_PEERS: &[crate::mesh::ParsedPeer] = &[];
+
 fn key(n: u8) -> PublicKey {
     let mut b = [n; 32];
     b[0] = 0x40 | n;
@@ -63,7 +66,7 @@ fn cfg() -> MeshConfig {
 fn plan_of(views: &[NodeView]) -> MeshPlan {
     let cfg = cfg();
     let parsed: Vec<ParsedNode> = views.iter().map(|v| parse(v, &cfg)).collect();
-    plan("a", Some(&key(1)), &parsed, &cfg)
+    plan("a", Some(&key(1)), &parsed, NO_PEERS, &cfg)
 }
 
 fn peers(p: &MeshPlan) -> Vec<&str> {
@@ -83,7 +86,7 @@ fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
     assert_eq!(peers(&p), ["b", "c", "d"]);
     let b = &p.peers["b"];
     assert_eq!(b.public_key, key(2));
-    assert_eq!(b.endpoint.to_string(), "192.0.2.2:51820");
+    assert_eq!(b.endpoint.as_ref().unwrap().to_string(), "192.0.2.2:51820");
     assert_eq!(
         b.allowed_ips,
         vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
@@ -134,7 +137,7 @@ fn without_cluster_cidrs_every_known_pod_cidr_is_guarded_and_nothing_is_unreacha
         .iter()
         .map(|v| parse(v, &cfg))
         .collect();
-    let p = plan("a", Some(&key(1)), &parsed, &cfg);
+    let p = plan("a", Some(&key(1)), &parsed, NO_PEERS, &cfg);
     let guarded: Vec<String> = p.firewall.guarded.iter().map(ToString::to_string).collect();
     assert_eq!(guarded, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
     assert!(p.unreachable.is_empty());
@@ -263,9 +266,12 @@ fn ipv6_and_dns_endpoints_are_used_as_published() {
             "node-c.example.net:4500",
         ),
     ]);
-    assert_eq!(p.peers["b"].endpoint.to_string(), "[2001:db8::2]:51820");
     assert_eq!(
-        p.peers["c"].endpoint.to_string(),
+        p.peers["b"].endpoint.as_ref().unwrap().to_string(),
+        "[2001:db8::2]:51820"
+    );
+    assert_eq!(
+        p.peers["c"].endpoint.as_ref().unwrap().to_string(),
         "node-c.example.net:4500",
         "force-endpoint wins"
     );
@@ -341,7 +347,7 @@ fn persistent_keepalive_comes_from_the_annotation_or_the_default() {
         set(node("e", 5), annotation::PERSISTENT_KEEPALIVE, "often"),
     ];
     let parsed: Vec<ParsedNode> = views.iter().map(|v| parse(v, &cfg)).collect();
-    let p = plan("a", Some(&key(1)), &parsed, &cfg);
+    let p = plan("a", Some(&key(1)), &parsed, NO_PEERS, &cfg);
     let ka: Vec<Option<u16>> = p.peers.values().map(|p| p.persistent_keepalive).collect();
     assert_eq!(ka, [Some(25), Some(10), None, Some(25)]);
     assert_eq!(p.warnings["e"][0].reason(), "InvalidPersistentKeepalive");
@@ -468,7 +474,7 @@ proptest! {
         let cfg = cfg();
         let compute = |order: &[NodeView]| {
             let parsed: Vec<ParsedNode> = order.iter().map(|v| parse(v, &cfg)).collect();
-            plan("n0", Some(&key(99)), &parsed, &cfg)
+            plan("n0", Some(&key(99)), &parsed, NO_PEERS, &cfg)
         };
         let base = compute(&views);
         let mut shuffled = views.clone();
@@ -485,4 +491,169 @@ proptest! {
         let keys: std::collections::BTreeSet<_> = base.peers.values().map(|p| p.public_key).collect();
         prop_assert_eq!(keys.len(), base.peers.len());
     }
+}
+
+fn peer_view(
+    name: &str,
+    key_n: u8,
+    allowed: &[&str],
+    endpoint: Option<&str>,
+) -> crate::mesh::PeerView {
+    crate::mesh::PeerView {
+        name: name.into(),
+        public_key: Some(key(key_n).to_base64()),
+        allowed_ips: allowed.iter().map(|s| s.to_string()).collect(),
+        endpoint: endpoint.map(String::from),
+        persistent_keepalive: Some(25),
+    }
+}
+
+#[test]
+fn malformed_peer_specs_are_refused_with_the_field_and_reason() {
+    use crate::mesh::parse_peer;
+    let ok = parse_peer(&peer_view(
+        "laptop",
+        50,
+        &["10.99.0.5/32", "fd00:99::5/128"],
+        Some("laptop.example.com:51820"),
+    ));
+    assert!(ok.problems.is_empty(), "{:?}", ok.problems);
+    assert_eq!(ok.persistent_keepalive, Some(25));
+    let cases: Vec<(&str, crate::mesh::PeerView, &str)> = vec![
+        (
+            "no key",
+            crate::mesh::PeerView {
+                public_key: None,
+                ..peer_view("p", 50, &["10.99.0.5/32"], None)
+            },
+            "spec.publicKey: missing",
+        ),
+        (
+            "bad key",
+            crate::mesh::PeerView {
+                public_key: Some("abc".into()),
+                ..peer_view("p", 50, &["10.99.0.5/32"], None)
+            },
+            "spec.publicKey",
+        ),
+        (
+            "no CIDR",
+            peer_view("p", 50, &[], None),
+            "at least one CIDR",
+        ),
+        (
+            "not a CIDR",
+            peer_view("p", 50, &["10.99.0.5"], None),
+            "is not a CIDR",
+        ),
+        (
+            "host bits",
+            peer_view("p", 50, &["10.99.0.5/24"], None),
+            "host bits set",
+        ),
+        (
+            "bad endpoint",
+            peer_view("p", 50, &["10.99.0.5/32"], Some("nowhere")),
+            "spec.endpoint",
+        ),
+        (
+            "keepalive too large",
+            crate::mesh::PeerView {
+                persistent_keepalive: Some(70000),
+                ..peer_view("p", 50, &["10.99.0.5/32"], None)
+            },
+            "spec.persistentKeepalive",
+        ),
+    ];
+    for (what, view, want) in cases {
+        let p = parse_peer(&view);
+        let text: Vec<String> = p.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.contains(want)),
+            "{what}: {text:?} lacks {want:?}"
+        );
+    }
+}
+
+#[test]
+fn external_peers_are_peers_routed_guarded_and_checked_against_nodes() {
+    use crate::mesh::parse_peer;
+    let cfg = cfg();
+    let nodes: Vec<ParsedNode> = [node("a", 1), node("b", 2)]
+        .iter()
+        .map(|v| parse(v, &cfg))
+        .collect();
+    let peers: Vec<_> = [
+        peer_view("laptop", 50, &["10.99.0.5/32"], Some("203.0.113.10:51820")),
+        peer_view("roamer", 51, &["10.99.0.6/32"], None),
+        peer_view("thief", 52, &["10.244.2.128/25"], None),
+        peer_view("copycat", 2, &["10.99.0.7/32"], None),
+        peer_view("me-too", 1, &["10.99.0.8/32"], None),
+        peer_view("broken", 53, &[], None),
+    ]
+    .iter()
+    .map(parse_peer)
+    .collect();
+    let p = plan("a", Some(&key(1)), &nodes, &peers, &cfg);
+    assert_eq!(p.external.keys().collect::<Vec<_>>(), ["laptop", "roamer"]);
+    assert_eq!(
+        p.external["laptop"]
+            .endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("203.0.113.10:51820")
+    );
+    assert_eq!(
+        p.external["roamer"].endpoint, None,
+        "a roaming peer is reached where it comes from"
+    );
+    assert!(p.routes.iter().any(|r| r.dst.to_string() == "10.99.0.5/32"
+        && r.node == "peer/laptop"
+        && r.dev == "wgmesh0"));
+    assert!(
+        p.firewall
+            .guarded
+            .contains(&"10.99.0.5/32".parse().unwrap()),
+        "never in clear, never masqueraded"
+    );
+    // Node ranges and keys are authoritative: a Peer claiming them is refused and the
+    // node keeps them.
+    assert_eq!(reasons(&p, "peer/thief"), ["OverlappingPodCIDR"]);
+    assert!(
+        p.rejected["peer/thief"][0]
+            .to_string()
+            .contains("node b; the node keeps it")
+    );
+    assert_eq!(reasons(&p, "peer/copycat"), ["DuplicatePublicKey"]);
+    assert_eq!(
+        p.rejected["peer/copycat"],
+        vec![Problem::PublicKeyOfNode { node: "b".into() }]
+    );
+    assert!(
+        p.peers.contains_key("b"),
+        "the node is not knocked out by Peers"
+    );
+    assert_eq!(
+        p.rejected["peer/me-too"],
+        vec![Problem::PublicKeyOfThisNode]
+    );
+    assert_eq!(reasons(&p, "peer/broken"), ["InvalidPeerSpec"]);
+
+    // Two Peers with one key, or overlapping ranges: neither is used.
+    let twins: Vec<_> = [
+        peer_view("x", 60, &["10.99.1.0/24"], None),
+        peer_view("y", 60, &["10.99.2.0/24"], None),
+        peer_view("z", 61, &["10.99.1.7/32"], None),
+    ]
+    .iter()
+    .map(parse_peer)
+    .collect();
+    let p = plan("a", Some(&key(1)), &nodes, &twins, &cfg);
+    assert!(p.external.is_empty(), "{:?}", p.external.keys());
+    assert_eq!(
+        reasons(&p, "peer/x"),
+        ["DuplicatePublicKey", "OverlappingPodCIDR"]
+    );
+    assert_eq!(reasons(&p, "peer/z"), ["OverlappingPodCIDR"]);
 }

@@ -25,7 +25,7 @@ pub struct Options {
 
 pub async fn snapshot(o: &Options) -> Result<Snapshot, k8s::Error> {
     let client = k8s::client(o.kubeconfig.as_deref()).await?;
-    let api: Api<Node> = Api::all(client);
+    let api: Api<Node> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default())
         .await
@@ -51,10 +51,16 @@ pub async fn snapshot(o: &Options) -> Result<Snapshot, k8s::Error> {
         .as_ref()
         .and_then(|l| nodes.iter().find(|n| &n.name == l))
         .and_then(|n| n.public_key);
+    let peers: Vec<mesh::ParsedPeer> = list_peers(&client)
+        .await?
+        .iter()
+        .map(mesh::parse_peer)
+        .collect();
     let plan = mesh::plan(
         local.as_deref().unwrap_or(""),
         local_key.as_ref(),
         &nodes,
+        &peers,
         &cfg,
     );
     let device = local
@@ -67,6 +73,20 @@ pub async fn snapshot(o: &Options) -> Result<Snapshot, k8s::Error> {
         device,
         now: SystemTime::now(),
     })
+}
+
+/// Every Peer object; none when the CRD is not installed.
+pub async fn list_peers(client: &kube::Client) -> Result<Vec<mesh::PeerView>, k8s::Error> {
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &k8s::peers::resource());
+    match api.list(&ListParams::default()).await {
+        Ok(list) => Ok(list.items.iter().map(k8s::peers::peer_view).collect()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(source) => Err(k8s::Error::Api {
+            op: "list",
+            target: "peers".into(),
+            source,
+        }),
+    }
 }
 
 fn read_device(dir: &Path, ifname: &str) -> Option<crate::wireguard::DeviceStatus> {

@@ -9,6 +9,9 @@ use crate::mesh::{MeshConfig, parse, plan};
 use crate::model::{NodeView, annotation};
 use crate::wireguard::{PeerConfig, PeerStats, PeerStatus};
 
+/// No external peers.
+const NO_PEERS: &[crate::mesh::ParsedPeer] = &[];
+
 fn key(n: u8) -> PublicKey {
     PublicKey::from_bytes([0x40 | n; 32])
 }
@@ -35,7 +38,7 @@ fn snapshot(with_device: bool) -> Snapshot {
         .iter()
         .map(|v| parse(v, &cfg))
         .collect();
-    let plan = plan("a", Some(&key(1)), &nodes, &cfg);
+    let plan = plan("a", Some(&key(1)), &nodes, NO_PEERS, &cfg);
     let peer = |n: u8, handshake: Option<u64>, rx: u64| PeerStatus {
         config: PeerConfig::new(key(n)),
         stats: PeerStats {
