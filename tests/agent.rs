@@ -417,3 +417,54 @@ async fn wgmesh_status_and_graph_show_the_mesh_from_the_api() {
         "dot failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
+    let server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    for i in 1..=2 {
+        create_node(
+            &nodes,
+            &node(
+                &format!("n{i}"),
+                &format!("192.0.2.{i}"),
+                &format!("10.244.{i}.0/24"),
+            ),
+        )
+        .await;
+    }
+    let a = Agent::start(
+        &server,
+        "n1",
+        &["--log-format", "json", "--log-level", "debug"],
+    );
+    let _b = Agent::start(&server, "n2", &[]);
+    a.wait_for_peers(&["n2"], WAIT);
+    let log = a.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 5, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"peer added\"") && l.contains("\"peer\":\"n2\"")),
+        "{log}"
+    );
+    let token = server.token();
+    assert!(
+        !log.contains(token.trim()),
+        "the API token appears in the log"
+    );
+    let key = private_key_of(&a).to_base64();
+    assert!(
+        !log.contains(key.as_str()),
+        "the private key appears in the log"
+    );
+}
