@@ -35,7 +35,6 @@ fn plan_with(peers: &[(&str, &str)]) -> MeshPlan {
             .iter()
             .map(|(node, cidr)| RoutePlan {
                 dst: net(cidr),
-                dev: "wgmesh0".into(),
                 src: Some("10.244.1.1".parse().unwrap()),
                 node: node.to_string(),
             })

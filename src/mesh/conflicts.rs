@@ -28,23 +28,21 @@ pub fn duplicate_keys<'a>(
     nodes: impl IntoIterator<Item = (&'a str, PublicKey)>,
     local_key: Option<&PublicKey>,
 ) -> BTreeMap<&'a str, Problem> {
-    let mut by_key: BTreeMap<PublicKey, Vec<&'a str>> = BTreeMap::new();
-    for (name, key) in nodes {
-        by_key.entry(key).or_default().push(name);
-    }
+    // Sorting groups equal keys: one allocation, no map of vectors.
+    let mut all: Vec<(PublicKey, &'a str)> = nodes.into_iter().map(|(n, k)| (k, n)).collect();
+    all.sort_unstable();
     let mut out = BTreeMap::new();
-    for (key, mut names) in by_key {
-        names.sort_unstable();
-        if local_key == Some(&key) {
-            for n in names {
-                out.insert(n, Problem::PublicKeyOfThisNode);
+    for group in all.chunk_by(|a, b| a.0 == b.0) {
+        if local_key == Some(&group[0].0) {
+            for (_, n) in group {
+                out.insert(*n, Problem::PublicKeyOfThisNode);
             }
-        } else if names.len() > 1 {
-            for n in &names {
-                let others = names
+        } else if group.len() > 1 {
+            for (_, n) in group {
+                let others = group
                     .iter()
-                    .filter(|o| *o != n)
-                    .map(|o| o.to_string())
+                    .filter(|(_, o)| o != n)
+                    .map(|(_, o)| o.to_string())
                     .collect();
                 out.insert(*n, Problem::DuplicatePublicKey { others });
             }

@@ -27,11 +27,11 @@ pub struct PeerPlan {
     pub persistent_keepalive: Option<u16>,
 }
 
-/// A route this node needs: a remote pod CIDR through the mesh interface.
+/// A route this node needs: a remote pod CIDR through the mesh interface
+/// (`MeshConfig::interface`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RoutePlan {
     pub dst: IpNet,
-    pub dev: String,
     /// The local gateway of the same family, so host-originated packets carry a pod
     /// source address and pass the remote side's AllowedIPs check.
     pub src: Option<IpAddr>,
@@ -100,7 +100,7 @@ impl MeshPlan {
 /// A node or an external peer: what the conflict checks and the peer list need.
 struct Member<'a> {
     /// Node name, or `peer/<name>` for an external peer.
-    id: String,
+    id: std::borrow::Cow<'a, str>,
     public_key: PublicKey,
     endpoint: Option<Endpoint>,
     allowed: Vec<IpNet>,
@@ -138,7 +138,7 @@ pub fn plan<'a>(
         }
         match (node.is_usable(), node.public_key, node.pod_subnets) {
             (true, Some(public_key), Some(subnets)) => members.push(Member {
-                id: node.name.clone(),
+                id: node.name.as_str().into(),
                 public_key,
                 endpoint: node.endpoint.clone(),
                 allowed: subnets.nets().collect(),
@@ -153,7 +153,7 @@ pub fn plan<'a>(
     for peer in peers {
         match (peer.problems.is_empty(), peer.public_key) {
             (true, Some(public_key)) => members.push(Member {
-                id: peer.id(),
+                id: peer.id().into(),
                 public_key,
                 endpoint: peer.endpoint.clone(),
                 allowed: peer.allowed_ips.clone(),
@@ -172,7 +172,7 @@ pub fn plan<'a>(
         members
             .iter()
             .filter(|m| is_node(m))
-            .map(|m| (m.id.as_str(), m.public_key)),
+            .map(|m| (m.id.as_ref(), m.public_key)),
         local_key,
     );
     let local_holders = || {
@@ -186,7 +186,7 @@ pub fn plan<'a>(
         .flat_map(|m| {
             m.allowed
                 .iter()
-                .map(move |c| (Holder::Node(m.id.as_str()), *c))
+                .map(move |c| (Holder::Node(m.id.as_ref()), *c))
         })
         .chain(local_holders());
     let overlaps = conflicts::overlapping_cidrs(node_cidrs);
@@ -200,63 +200,17 @@ pub fn plan<'a>(
             .extend(keys.into_iter().map(|k| k.into_problem()));
     }
 
-    // External peers against every node, usable or not (spec.podCIDRs and node keys are
-    // authoritative: a Peer can neither take nor knock out a node's range or key), then
-    // among themselves.
-    let node_keys: BTreeMap<PublicKey, &str> = nodes
-        .iter()
-        .filter(|n| n.name != local_name)
-        .filter_map(|n| Some((n.public_key?, n.name.as_str())))
-        .collect();
-    for m in members.iter().filter(|m| !is_node(m)) {
-        if local_key == Some(&m.public_key) {
-            rejected
-                .entry(m.id.clone())
-                .or_default()
-                .push(Problem::PublicKeyOfThisNode);
-        } else if let Some(node) = node_keys.get(&m.public_key) {
-            rejected
-                .entry(m.id.clone())
-                .or_default()
-                .push(Problem::PublicKeyOfNode {
-                    node: node.to_string(),
-                });
-        }
+    if members.iter().any(|m| !is_node(m)) {
+        external_conflicts(
+            &members,
+            &nodes,
+            local_name,
+            local_key,
+            local_subnets,
+            &mut rejected,
+        );
     }
-    let peer_dups = conflicts::duplicate_keys(
-        members
-            .iter()
-            .filter(|m| !is_node(m) && !rejected.contains_key(&m.id))
-            .map(|m| (m.id.as_str(), m.public_key)),
-        None,
-    );
-    let peer_cidrs = members
-        .iter()
-        .filter(|m| !is_node(m))
-        .flat_map(|m| {
-            m.allowed
-                .iter()
-                .map(move |c| (Holder::Node(m.id.as_str()), *c))
-        })
-        .chain(nodes.iter().filter(|n| n.name != local_name).flat_map(|n| {
-            n.pod_subnets
-                .iter()
-                .flat_map(|s| s.nets())
-                .map(move |c| (Holder::Reserved(n.name.as_str()), c))
-                .collect::<Vec<_>>()
-        }))
-        .chain(local_holders());
-    let peer_overlaps = conflicts::overlapping_cidrs(peer_cidrs);
-    for (id, p) in peer_dups {
-        rejected.entry(id.to_string()).or_default().push(p);
-    }
-    for (id, keys) in peer_overlaps {
-        rejected
-            .entry(id.to_string())
-            .or_default()
-            .extend(keys.into_iter().map(|k| k.into_problem()));
-    }
-    members.retain(|m| !rejected.contains_key(&m.id));
+    members.retain(|m| !rejected.contains_key(m.id.as_ref()));
 
     for m in members {
         for dst in &m.allowed {
@@ -267,9 +221,8 @@ pub fn plan<'a>(
             });
             out.routes.insert(RoutePlan {
                 dst: *dst,
-                dev: cfg.interface.clone(),
                 src,
-                node: m.id.clone(),
+                node: m.id.to_string(),
             });
         }
         let peer = PeerPlan {
@@ -279,7 +232,7 @@ pub fn plan<'a>(
             persistent_keepalive: m.persistent_keepalive,
         };
         match m.external {
-            None => out.peers.insert(m.id, peer),
+            None => out.peers.insert(m.id.into_owned(), peer),
             Some(p) => out.external.insert(p.name.clone(), peer),
         };
     }
@@ -288,6 +241,75 @@ pub fn plan<'a>(
     out.mtu = cfg.mtu;
     out.firewall = firewall(&out, cfg);
     out
+}
+
+/// External peers against every node, usable or not (spec.podCIDRs and node keys are
+/// authoritative: a Peer can neither take nor knock out a node's range or key), then
+/// among themselves (neither party of a conflict is used).
+fn external_conflicts(
+    members: &[Member],
+    nodes: &[&ParsedNode],
+    local_name: &str,
+    local_key: Option<&PublicKey>,
+    local_subnets: Option<PodSubnets>,
+    rejected: &mut BTreeMap<String, Vec<Problem>>,
+) {
+    let peers: Vec<&Member> = members.iter().filter(|m| m.external.is_some()).collect();
+    let remote_nodes = || nodes.iter().filter(|n| n.name != local_name);
+    let node_keys: BTreeMap<PublicKey, &str> = remote_nodes()
+        .filter_map(|n| Some((n.public_key?, n.name.as_str())))
+        .collect();
+    for m in &peers {
+        if local_key == Some(&m.public_key) {
+            rejected
+                .entry(m.id.to_string())
+                .or_default()
+                .push(Problem::PublicKeyOfThisNode);
+        } else if let Some(node) = node_keys.get(&m.public_key) {
+            rejected
+                .entry(m.id.to_string())
+                .or_default()
+                .push(Problem::PublicKeyOfNode {
+                    node: node.to_string(),
+                });
+        }
+    }
+    let dups = conflicts::duplicate_keys(
+        peers
+            .iter()
+            .filter(|m| !rejected.contains_key(m.id.as_ref()))
+            .map(|m| (m.id.as_ref(), m.public_key)),
+        None,
+    );
+    let cidrs = peers
+        .iter()
+        .flat_map(|m| {
+            m.allowed
+                .iter()
+                .map(move |c| (Holder::Node(m.id.as_ref()), *c))
+        })
+        .chain(remote_nodes().flat_map(|n| {
+            n.pod_subnets
+                .iter()
+                .flat_map(|s| s.nets())
+                .map(move |c| (Holder::Reserved(n.name.as_str()), c))
+                .collect::<Vec<_>>()
+        }))
+        .chain(
+            local_subnets
+                .into_iter()
+                .flat_map(|s| s.nets().map(|c| (Holder::Local, c)).collect::<Vec<_>>()),
+        );
+    let overlaps = conflicts::overlapping_cidrs(cidrs);
+    for (id, p) in dups {
+        rejected.entry(id.to_string()).or_default().push(p);
+    }
+    for (id, keys) in overlaps {
+        rejected
+            .entry(id.to_string())
+            .or_default()
+            .extend(keys.into_iter().map(|k| k.into_problem()));
+    }
 }
 
 fn firewall(plan: &MeshPlan, cfg: &MeshConfig) -> FirewallPlan {

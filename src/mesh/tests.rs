@@ -95,7 +95,7 @@ fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
     let routes: Vec<String> = p
         .routes
         .iter()
-        .map(|r| format!("{} dev {} src {:?} ({})", r.dst, r.dev, r.src, r.node))
+        .map(|r| format!("{} dev wgmesh0 src {:?} ({})", r.dst, r.src, r.node))
         .collect();
     assert_eq!(
         routes,
@@ -608,9 +608,11 @@ fn external_peers_are_peers_routed_guarded_and_checked_against_nodes() {
         p.external["roamer"].endpoint, None,
         "a roaming peer is reached where it comes from"
     );
-    assert!(p.routes.iter().any(|r| r.dst.to_string() == "10.99.0.5/32"
-        && r.node == "peer/laptop"
-        && r.dev == "wgmesh0"));
+    assert!(
+        p.routes
+            .iter()
+            .any(|r| r.dst.to_string() == "10.99.0.5/32" && r.node == "peer/laptop")
+    );
     assert!(
         p.firewall
             .guarded
