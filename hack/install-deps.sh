@@ -11,6 +11,7 @@ packages=(
   containernetworking-plugins                # reference bridge, host-local, portmap in /usr/lib/cni
   podman runc busybox-static                 # a real CNI runtime and a tiny static rootfs
   kubectl                                    # a real Kubernetes client for test-apiserver
+  python3-venv shellcheck                    # manifest validation (kubernetes-validate, CEL) and script lint
 )
 
 missing=()
