@@ -54,14 +54,36 @@ pub async fn run(u: &Uninstall) -> Vec<String> {
         Err(e) => step("routes and links", Err(e.to_string())),
     }
     step("CNI config", remove_file(u.cni_conf_dir.join(CONFLIST)));
-    step(
-        "state directory",
-        match std::fs::remove_dir_all(&u.state_dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-            _ => Ok(()),
-        },
-    );
+    step("state directory", remove_state_dir(&u.state_dir));
     failed
+}
+
+/// Empties the state directory, then removes it unless it is a mount point (a hostPath
+/// volume in the DaemonSet): the key and everything else go either way.
+fn remove_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e)
+            if e.raw_os_error() != Some(libc::EBUSY)
+                && e.kind() != std::io::ErrorKind::NotFound =>
+        {
+            Err(format!("{}: {e}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn remove_file(path: PathBuf) -> Result<(), String> {

@@ -457,3 +457,86 @@ fn liveness_stays_ok_while_the_api_server_is_down_and_mtu_follows_the_underlay()
     tb.api_mut().restart();
     assert_eq!(code(&tb, "/healthz"), "200");
 }
+
+#[test]
+fn a_stopped_agent_leaves_no_plaintext_window_and_uninstall_removes_everything() {
+    require_root!();
+    let (tb, pods) = cluster(&[]);
+    let node0 = tb.node(0);
+    assert!(pods[0][0].ping(pods[1][0].ip()));
+
+    // SIGTERM: the WireGuard device goes with the process, but the unreachable route
+    // and the nftables guard stay, so pod traffic to other nodes is dropped, not sent
+    // in clear.
+    node0.stop_agent();
+    let routes = node0.exec_ok(&["ip", "route", "show", "proto", "87"]);
+    assert!(routes.contains("unreachable 10.244.0.0/16"), "{routes}");
+    assert!(
+        node0
+            .exec(&["nft", "list", "table", "inet", "wgmesh"])
+            .status
+            .success(),
+        "the guard stays"
+    );
+    let ((), capture) = tb.router().capture("not arp and not port 6443", || {
+        assert!(
+            !pods[0][0].ping(pods[1][0].ip()),
+            "cross-node traffic without an agent"
+        );
+        assert!(
+            !node0.ping(pods[1][0].ip()),
+            "host traffic to a remote pod without an agent"
+        );
+    });
+    assert!(
+        capture.lines().iter().all(|l| !l.contains("10.244.")),
+        "pod traffic left in clear: {:?}",
+        capture.lines()
+    );
+    assert_eq!(
+        tb.router().pod_range_drops(),
+        0,
+        "nothing even reached the router"
+    );
+
+    // A restarted agent brings the mesh back with the same identity.
+    node0.start_agent(&[]);
+    wait_until(WAIT, "the restarted agent to restore traffic", || {
+        pods[0][0].ping(pods[1][0].ip()).then_some(())
+    });
+
+    // Uninstall: everything the agent created goes.
+    node0.stop_agent();
+    let wgmesh = wgmesh_testkit::workspace_bin("wgmesh")
+        .to_string_lossy()
+        .into_owned();
+    node0.exec_ok(&[&wgmesh, "uninstall"]);
+    assert_eq!(
+        node0
+            .exec_ok(&["ip", "route", "show", "proto", "87"])
+            .trim(),
+        ""
+    );
+    assert!(
+        !node0
+            .exec(&["nft", "list", "table", "inet", "wgmesh"])
+            .status
+            .success()
+    );
+    assert!(
+        !node0
+            .exec(&["ip", "link", "show", "wgmesh-br"])
+            .status
+            .success()
+    );
+    assert!(
+        !node0
+            .exec(&["ip", "link", "show", "wgmesh0"])
+            .status
+            .success()
+    );
+    assert!(node0.conflist().is_none());
+    assert!(node0.read_file("/var/lib/wgmesh/private.key").is_none());
+    // And it is repeatable.
+    node0.exec_ok(&[&wgmesh, "uninstall"]);
+}
