@@ -85,36 +85,43 @@ impl NodeDataPlane {
                 drop(old);
                 self.last_endpoints.clear();
             }
-            match &link {
-                // A TUN left by a previous agent process (persistent, or not yet gone):
-                // take its name over.
-                Some(l) if l.kind.as_deref() == Some("tun") => {
-                    self.nl.delete_link(l.index).await?;
-                }
+            let config = DeviceConfig {
+                private_key: Some(self.key.clone()),
+                listen_port: self.cfg.listen_port,
+                mtu,
+                // The interface and its routes outlive this process: a restarted agent
+                // re-attaches, and meanwhile pod traffic is dropped, never routed
+                // elsewhere.
+                persist: true,
+                ..DeviceConfig::new(self.cfg.interface.clone())
+            };
+            let device = match &link {
+                // A TUN left by a previous agent process: attach to it (it keeps its
+                // routes). If that fails (not multi-queue, say), start afresh.
+                Some(l) if l.kind.as_deref() == Some("tun") => match Device::start(config.clone()) {
+                    Ok(d) => {
+                        tracing::info!(interface = %self.cfg.interface, "re-attached to the existing WireGuard interface");
+                        Ok(d)
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %self.cfg.interface, error = %e, "cannot attach to the existing interface; recreating it");
+                        self.nl.delete_link(l.index).await?;
+                        Device::start(config)
+                    }
+                },
                 // Someone else's interface holds the name: never delete it; report and
                 // retry (the routes stay absent meanwhile, so the unreachable routes
                 // drop pod traffic to other nodes).
-                Some(l) if l.index != self.device.as_ref().map_or(0, |d| d.ifindex()) => {
+                Some(l) => {
                     return Err(other(format!(
                         "{} exists and is a {} interface, not wgmesh's WireGuard device; remove it",
                         self.cfg.interface,
                         l.kind.as_deref().unwrap_or("non-TUN")
                     )));
                 }
-                _ => {}
+                None => Device::start(config),
             }
-            let device = Device::start(DeviceConfig {
-                private_key: Some(self.key.clone()),
-                listen_port: self.cfg.listen_port,
-                mtu,
-                ..DeviceConfig::new(self.cfg.interface.clone())
-            })
-            .map_err(|e| {
-                other(format!(
-                    "starting WireGuard device {}: {e}",
-                    self.cfg.interface
-                ))
-            })?;
+            .map_err(|e| other(format!("starting WireGuard device {}: {e}", self.cfg.interface)))?;
             if let Some(dir) = &self.cfg.uapi_dir {
                 device
                     .serve_uapi(dir, false)

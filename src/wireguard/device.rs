@@ -71,6 +71,9 @@ pub struct DeviceConfig {
     pub mtu: u32,
     /// TUN queues and their threads; 0 = the machine's available parallelism.
     pub queues: usize,
+    /// Keep the interface (and its routes) when the device stops, so a restarted
+    /// process re-attaches to it (the agent); `false` removes it (`wgmesh-wg`).
+    pub persist: bool,
 }
 
 impl DeviceConfig {
@@ -82,6 +85,7 @@ impl DeviceConfig {
             fwmark: 0,
             mtu: DEFAULT_MTU,
             queues: 0,
+            persist: false,
         }
     }
 }
@@ -105,7 +109,7 @@ impl Device {
             op: "open the network namespace",
             source: std::io::Error::other(e.to_string()),
         })?;
-        let tun = Tun::create(&config.name, queues)?;
+        let tun = Tun::create(&config.name, queues, config.persist)?;
         tun.set_mtu(config.mtu)?;
         let sockets = Arc::new(UdpSockets::bind(config.listen_port, config.fwmark)?);
         let stop = Stop::new().map_err(|source| DeviceError::Io {

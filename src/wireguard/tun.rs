@@ -2,9 +2,12 @@
 //! `IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE`, so each worker thread reads its own queue.
 //! Adapter.
 //!
-//! The interface lives as long as its queues are open (it is not persistent): when the
-//! process exits, it goes away. Queue descriptors are non-blocking; the packet loops wait
-//! in `poll` only when a queue is empty.
+//! By default the interface lives as long as its queues are open: when the process
+//! exits, it goes away. A persistent interface (TUNSETPERSIST) outlives the process, with
+//! its addresses and routes; packets routed to it meanwhile are dropped by the kernel,
+//! and the next process attaches new queues to it under the same name and index. Queue
+//! descriptors are non-blocking; the packet loops wait in `poll` only when a queue is
+//! empty.
 
 use std::ffi::CStr;
 use std::fs::OpenOptions;
@@ -16,6 +19,7 @@ use super::error::TunError;
 
 const TUN_PATH: &str = "/dev/net/tun";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
@@ -129,8 +133,10 @@ pub fn validate_name(name: &str) -> Result<(), TunError> {
 }
 
 impl Tun {
-    /// Creates interface `name` with `queues` queues (at least one).
-    pub fn create(name: &str, queues: usize) -> Result<Tun, TunError> {
+    /// Creates interface `name` with `queues` queues (at least one), or attaches new
+    /// queues to an existing persistent multi-queue TUN of that name. With `persist`,
+    /// the interface stays when the queues close.
+    pub fn create(name: &str, queues: usize, persist: bool) -> Result<Tun, TunError> {
         validate_name(name)?;
         let io_err = |op, source| TunError::Io {
             name: name.to_string(),
@@ -156,6 +162,15 @@ impl Tun {
                 source,
             })?;
             actual = req.name();
+            if persist && opened.is_empty() {
+                // SAFETY: TUNSETPERSIST takes an integer argument, not a pointer.
+                let r = unsafe {
+                    libc::ioctl(file.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong)
+                };
+                if r < 0 {
+                    return Err(io_err("TUNSETPERSIST", io::Error::last_os_error()));
+                }
+            }
             opened.push(TunQueue { fd: file.into() });
         }
         // SAFETY: socket() has no memory preconditions; the result is checked.
