@@ -31,6 +31,8 @@ enum Command {
     Status(StatusArgs),
     /// The mesh as Graphviz DOT (render with `dot -Tsvg`).
     Graph(StatusArgs),
+    /// Ask a node's agent to rotate its WireGuard key (sets wgmesh.io/rotate-key).
+    RotateKey(RotateKeyArgs),
     /// Print a wg-quick configuration for an external peer (a Peer object).
     PeerConfig(PeerConfigArgs),
     /// Remove everything the agent created on this node: the nftables table, routes,
@@ -84,6 +86,15 @@ struct StatusArgs {
 enum OutputFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Args)]
+struct RotateKeyArgs {
+    /// The node whose key to rotate.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +233,17 @@ async fn status(a: StatusArgs, graph: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn rotate_key(a: RotateKeyArgs) -> anyhow::Result<()> {
+    let request = k8s_openapi::jiff::Timestamp::now().to_string();
+    let client = wgmesh::k8s::client(a.kubeconfig.as_deref()).await?;
+    wgmesh::k8s::publish::request_rotation(&kube::Api::all(client), &a.node_name, &request).await?;
+    println!(
+        "asked the agent of {} to rotate its key (wgmesh.io/rotate-key={request})",
+        a.node_name
+    );
+    Ok(())
+}
+
 async fn peer_config(a: PeerConfigArgs) -> anyhow::Result<()> {
     let key = match &a.private_key_file {
         Some(path) => {
@@ -334,6 +356,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status(a) => runtime()?.block_on(status(a, false)),
         Command::Graph(a) => runtime()?.block_on(status(a, true)),
         Command::PeerConfig(a) => runtime()?.block_on(peer_config(a)),
+        Command::RotateKey(a) => runtime()?.block_on(rotate_key(a)),
         Command::Uninstall(u) => runtime()?.block_on(uninstall(wgmesh::uninstall::Uninstall {
             interface: u.interface,
             bridge: u.bridge,

@@ -19,6 +19,9 @@ pub mod annotation {
     pub const FORCE_ENDPOINT: &str = "wgmesh.io/force-endpoint";
     /// User-set persistent keepalive in seconds for peers of this node (0 = off).
     pub const PERSISTENT_KEEPALIVE: &str = "wgmesh.io/persistent-keepalive";
+    /// User-set: a new value asks the node's agent to rotate its key
+    /// (`wgmesh rotate-key` sets it to the current time).
+    pub const ROTATE_KEY: &str = "wgmesh.io/rotate-key";
     /// Prefix of every wgmesh annotation.
     pub const PREFIX: &str = "wgmesh.io/";
 }

@@ -67,19 +67,25 @@ pub fn load_or_generate(state_dir: &Path) -> Result<PrivateKey, Error> {
                 reason: e.to_string(),
             })
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let key = PrivateKey::generate().map_err(|e| Error::Generate(e.to_string()))?;
-            let mut text = key.to_base64();
-            text.push('\n');
-            write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            tracing::info!(path = %path.display(), public_key = %key.public_key(), "generated a new WireGuard key");
-            Ok(key)
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => generate(state_dir),
         Err(source) => Err(Error::Io { path, source }),
     }
+}
+
+/// Generates a new key and stores it atomically in place of the current one (first
+/// start, and key rotation).
+pub fn generate(state_dir: &Path) -> Result<PrivateKey, Error> {
+    ensure_private_dir(state_dir)?;
+    let path = state_dir.join(KEY_FILE);
+    let key = PrivateKey::generate().map_err(|e| Error::Generate(e.to_string()))?;
+    let mut text = key.to_base64();
+    text.push('\n');
+    write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), public_key = %key.public_key(), "generated a new WireGuard key");
+    Ok(key)
 }
 
 /// Creates the directory 0700, or tightens an existing one to 0700 (kubelet creates

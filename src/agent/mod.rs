@@ -63,6 +63,33 @@ pub enum Error {
     },
 }
 
+/// The agent's watches of the API server.
+struct Watches {
+    nodes: NodeWatch,
+    peers: crate::k8s::peers::PeerWatch,
+}
+
+impl Watches {
+    fn start(client: kube::Client, changed: &Arc<Notify>) -> Self {
+        Watches {
+            nodes: NodeWatch::start(client.clone(), changed.clone()),
+            peers: crate::k8s::peers::PeerWatch::start(client, changed.clone()),
+        }
+    }
+}
+
+/// `delay` spread by ±25%, so agents that failed together (an API server outage) do not
+/// retry together. (The watches' own backoff, kube-runtime's, is jittered too.)
+fn jittered(delay: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    // Without randomness, the plain delay is still a correct (if synchronised) retry.
+    let r = getrandom::fill(&mut b)
+        .map(|()| u16::from_le_bytes(b))
+        .unwrap_or(u16::MAX / 2);
+    let factor = 0.75 + 0.5 * f64::from(r) / f64::from(u16::MAX);
+    delay.mul_f64(factor)
+}
+
 /// Everything `wgmesh agent` is configured with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -133,11 +160,12 @@ where
     }
 
     let client = k8s::client(cfg.kubeconfig.as_deref()).await?;
-    let changed = Arc::new(Notify::new());
-    let watch = NodeWatch::start(client.clone(), changed.clone());
-    let peer_watch = crate::k8s::peers::PeerWatch::start(client.clone(), changed.clone());
-    // Deleted routes or links wake the loop at once, not at the next resync.
-    let monitor = crate::dataplane::monitor::spawn(changed.clone()).map_err(Error::Monitor)?;
+    let wakers = crate::dataplane::monitor::Wakers::default();
+    let changed = wakers.changed.clone();
+    let address_removed = wakers.address_removed.clone();
+    let mut watches = Watches::start(client.clone(), &changed);
+    // Deleted routes, links or addresses wake the loop at once, not at the next resync.
+    let monitor = crate::dataplane::monitor::spawn(wakers).map_err(Error::Monitor)?;
     let mut reconciler = Reconciler::new(cfg.clone(), client, public_key)?;
 
     let mut resync = tokio::time::interval(cfg.resync_interval);
@@ -148,17 +176,32 @@ where
         tokio::select! {
             _ = &mut shutdown => break,
             _ = changed.notified() => {}
+            _ = address_removed.notified() => {
+                // Connections from a removed address are dead but do not know it yet.
+                match k8s::client(cfg.kubeconfig.as_deref()).await {
+                    Ok(client) => {
+                        tracing::info!("a local address was removed; reconnecting to the API server");
+                        watches = Watches::start(client.clone(), &changed);
+                        reconciler.set_client(client);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reconnect to the API server"),
+                }
+            }
             _ = resync.tick() => {}
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
         }
         sleep(COALESCE).await;
         telemetry.progressed();
-        if !watch.is_synced() {
+        if !watches.nodes.is_synced() {
             continue;
         }
         let started = std::time::Instant::now();
         let result = reconciler
-            .reconcile(&watch.nodes(), &peer_watch.peers(), &mut dataplane)
+            .reconcile(
+                &watches.nodes.nodes(),
+                &watches.peers.peers(),
+                &mut dataplane,
+            )
             .await;
         telemetry.reconciled(
             started.elapsed(),
@@ -174,7 +217,7 @@ where
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?retry_delay, "reconcile failed");
-                retry_at = Some(Instant::now() + retry_delay);
+                retry_at = Some(Instant::now() + jittered(retry_delay));
                 retry_delay = (retry_delay * 2).min(RETRY_MAX);
             }
         }
@@ -187,4 +230,22 @@ where
     // traffic could leave unencrypted.
     tracing::info!("stopping; the data plane stays in place");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_spread_around_the_delay() {
+        let d = Duration::from_secs(4);
+        let samples: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|s| *s >= Duration::from_secs(3) && *s <= Duration::from_secs(5))
+        );
+        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+        assert!(distinct.len() > 100, "jitter varies");
+    }
 }

@@ -8,6 +8,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use super::{AgentConfig, CONFLIST, CONFLIST_VERSION, Error, state};
+
+/// The last key-rotation request handled, in the state directory.
+const ROTATION_FILE: &str = "rotate-key.handled";
 use crate::cni::render_conflist;
 use crate::dataplane::DataPlane;
 use crate::fsutil::write_if_changed;
@@ -70,6 +73,7 @@ impl Reconciler {
             }
             Some(node) => {
                 let view = translate::node_view(node);
+                self.rotate_if_requested(&view, dataplane)?;
                 let ad = mesh::advertise(&view, &self.public_key, &self.cfg.mesh);
                 if let Ok(ad) = &ad {
                     self.detect_mtu(ad).await?;
@@ -200,6 +204,40 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Rotates the node's key when `wgmesh.io/rotate-key` carries a value not handled
+    /// yet: a new key is stored, the device switches to it, and this pass publishes it.
+    /// (Switch first, publish second: peers that learn the new key find it in use.)
+    fn rotate_if_requested<D: DataPlane>(
+        &mut self,
+        view: &crate::model::NodeView,
+        dataplane: &mut D,
+    ) -> Result<(), Error> {
+        let Some(request) = view.annotation(crate::model::annotation::ROTATE_KEY) else {
+            return Ok(());
+        };
+        let handled_path = self.cfg.state_dir.join(ROTATION_FILE);
+        if std::fs::read_to_string(&handled_path).is_ok_and(|h| h.trim() == request) {
+            return Ok(());
+        }
+        let key = super::identity::generate(&self.cfg.state_dir)?;
+        dataplane.set_key(&key)?;
+        tracing::info!(old = %self.public_key.short(), new = %key.public_key().short(), request, "rotated the WireGuard key");
+        self.public_key = key.public_key();
+        write_if_changed(&handled_path, request.as_bytes(), 0o600).map_err(|source| {
+            Error::File {
+                path: handled_path,
+                source,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Uses a new API client (after reconnecting), keeping everything else.
+    pub fn set_client(&mut self, client: kube::Client) {
+        self.reporter.set_client(client.clone());
+        self.nodes = Api::all(client);
     }
 
     /// The plan of the last successful pass.

@@ -27,6 +27,10 @@ pub enum Error {
 pub trait DataPlane: Send {
     fn apply(&mut self, plan: &MeshPlan) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Switches to a new private key (key rotation): existing sessions end, and every
+    /// peer is sent a handshake at once.
+    fn set_key(&mut self, key: &crate::key::PrivateKey) -> Result<(), Error>;
+
     /// True once the node can carry pod traffic as planned.
     fn is_ready(&self) -> bool;
 }
@@ -49,6 +53,10 @@ impl ControlPlaneOnly {
 impl DataPlane for ControlPlaneOnly {
     async fn apply(&mut self, plan: &MeshPlan) -> Result<(), Error> {
         self.applied = Some(plan.clone());
+        Ok(())
+    }
+
+    fn set_key(&mut self, _key: &crate::key::PrivateKey) -> Result<(), Error> {
         Ok(())
     }
 

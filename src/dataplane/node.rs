@@ -13,7 +13,7 @@ use crate::mesh::MeshPlan;
 use crate::model::{Endpoint, Host};
 use crate::netlink::{Link, Netlink};
 use crate::telemetry::Telemetry;
-use crate::wireguard::{Device, DeviceConfig, PeerConfig};
+use crate::wireguard::{ConfigUpdate, Device, DeviceConfig, PeerConfig, PeerUpdate};
 
 /// How the node's WireGuard device is set up.
 #[derive(Debug, Clone)]
@@ -220,6 +220,34 @@ impl DataPlane for NodeDataPlane {
         }
         self.ready = true;
         Ok(())
+    }
+
+    fn set_key(&mut self, key: &PrivateKey) -> Result<(), Error> {
+        self.key = key.clone();
+        let Some(device) = &self.device else {
+            return Ok(());
+        };
+        device
+            .set_private_key(Some(key.clone()))
+            .map_err(|e| other(format!("setting the new private key: {e}")))?;
+        // Handshake with every peer now: as soon as a peer has learned the new key, its
+        // answer restores the session, instead of at the next packet's retry (5 s).
+        let peers = device
+            .status()
+            .peers
+            .into_iter()
+            .map(|p| PeerUpdate {
+                update_only: true,
+                handshake_now: true,
+                ..PeerUpdate::new(p.config.public_key)
+            })
+            .collect();
+        device
+            .apply(&ConfigUpdate {
+                peers,
+                ..ConfigUpdate::default()
+            })
+            .map_err(|e| other(format!("starting handshakes: {e}")))
     }
 
     fn is_ready(&self) -> bool {

@@ -26,7 +26,12 @@ pub fn updates(
     }
     for (key, want) in desired {
         let Some(have) = actual.get(key) else {
-            peers.push(PeerUpdate::from_config(want.clone()));
+            // A new peer (or a node whose key rotated) handshakes at once, so the other
+            // side's first packets find a session instead of waiting for a retry.
+            peers.push(PeerUpdate {
+                handshake_now: true,
+                ..PeerUpdate::from_config(want.clone())
+            });
             continue;
         };
         let mut have_sorted = have.config.allowed_ips.clone();
@@ -111,6 +116,11 @@ mod tests {
             .map(|p| (p.public_key.as_bytes()[0], p.remove))
             .collect();
         assert_eq!(keys, [(4, true), (2, false), (3, false)]);
+        assert!(u.peers[1].handshake_now, "a new peer handshakes at once");
+        assert!(
+            !u.peers[2].handshake_now,
+            "an updated peer keeps its session"
+        );
         assert_eq!(u.peers[2].allowed_ips.len(), 2);
         assert!(u.peers[2].replace_allowed_ips);
         assert_eq!(

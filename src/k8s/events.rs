@@ -52,6 +52,11 @@ impl Reporter {
         }
     }
 
+    /// Uses a new API client; what was reported is kept.
+    pub fn set_client(&mut self, client: kube::Client) {
+        self.api = Api::namespaced(client, EVENT_NAMESPACE);
+    }
+
     /// Brings the reported set in line with `current` (node -> findings): new findings
     /// become Events; findings that are gone are forgotten. `uids` gives each node's UID
     /// for the Event's involvedObject.

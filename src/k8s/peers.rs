@@ -77,10 +77,7 @@ impl PeerWatch {
             let mut warned = false;
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(_) => {
-                        warned = false;
-                        changed.notify_one();
-                    }
+                    Ok(_) => changed.notify_one(),
                     Err(e) if !warned => {
                         tracing::info!(error = %e, "no Peer objects (is the peers.wgmesh.io CRD installed?); retrying");
                         warned = true;

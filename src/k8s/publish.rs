@@ -56,3 +56,21 @@ pub async fn network_ready(api: &Api<Node>, node: &str) -> Result<(), Error> {
         source,
     })
 }
+
+/// Asks the node's agent to rotate its key: a new value of `wgmesh.io/rotate-key`.
+pub async fn request_rotation(api: &Api<Node>, node: &str, request: &str) -> Result<(), Error> {
+    let patch =
+        json!({"metadata": {"annotations": {crate::model::annotation::ROTATE_KEY: request}}});
+    api.patch(
+        node,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::Api {
+        op: "request key rotation of node",
+        target: node.to_string(),
+        source,
+    })
+}

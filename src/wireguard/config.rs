@@ -45,6 +45,9 @@ pub struct PeerUpdate {
     pub replace_allowed_ips: bool,
     /// Added to the peer, taken from any other peer that had them.
     pub allowed_ips: Vec<IpNet>,
+    /// Start a handshake now rather than at the first packet (not a UAPI key: the agent
+    /// asks for it for new peers, so a peer whose key just rotated is reachable at once).
+    pub handshake_now: bool,
 }
 
 impl PeerUpdate {
@@ -58,6 +61,7 @@ impl PeerUpdate {
             persistent_keepalive: None,
             replace_allowed_ips: false,
             allowed_ips: Vec::new(),
+            handshake_now: false,
         }
     }
 
@@ -80,6 +84,7 @@ impl PeerUpdate {
             persistent_keepalive: Some(config.persistent_keepalive),
             replace_allowed_ips: true,
             allowed_ips: config.allowed_ips,
+            handshake_now: false,
         }
     }
 }
@@ -125,7 +130,8 @@ pub struct Changes {
     pub removed: BTreeSet<PublicKey>,
     /// Endpoints to set, last value wins.
     pub endpoints: BTreeMap<PublicKey, SocketAddr>,
-    /// Peers whose persistent keepalive was switched on: they send a keepalive now.
+    /// Peers that send a keepalive now (starting a handshake if there is no session):
+    /// a persistent keepalive was switched on, or the update asked for a handshake.
     pub keepalive_on: BTreeSet<PublicKey>,
     pub routes: bool,
 }
@@ -194,6 +200,9 @@ impl Model {
         }
         if let Some(ep) = p.endpoint {
             ch.endpoints.insert(key, ep);
+        }
+        if p.handshake_now {
+            ch.keepalive_on.insert(key);
         }
         if p.replace_allowed_ips {
             let before = self.routes.len();
