@@ -33,7 +33,7 @@ pub fn render(
     nodes: &BTreeMap<String, PeerPlan>,
     private_key: Option<&PrivateKey>,
 ) -> Result<String, Error> {
-    if !peer.problems.is_empty() || peer.public_key.is_none() {
+    let (Some(public_key), true) = (peer.public_key, peer.problems.is_empty()) else {
         let problems = peer
             .problems
             .iter()
@@ -44,8 +44,7 @@ pub fn render(
             name: peer.name.clone(),
             problems,
         });
-    }
-    let public_key = peer.public_key.expect("checked above");
+    };
     if let Some(k) = private_key
         && k.public_key() != public_key
     {
