@@ -540,3 +540,59 @@ fn a_stopped_agent_leaves_no_plaintext_window_and_uninstall_removes_everything()
     // And it is repeatable.
     node0.exec_ok(&[&wgmesh, "uninstall"]);
 }
+
+#[test]
+fn deleted_routes_come_back_at_once_and_a_deleted_nftables_table_at_the_next_resync() {
+    require_root!();
+    let (tb, pods) = cluster(&["--resync-interval", "2s"]);
+    let node0 = tb.node(0);
+    let remote = tb.node(1).pod_cidr().to_string();
+    node0.exec_ok(&["ip", "route", "del", &remote]);
+    let start = Instant::now();
+    wait_until(WAIT, "the route to come back", || {
+        node0
+            .exec_ok(&["ip", "route", "show", "proto", "87"])
+            .contains(&format!("{remote} dev wgmesh0"))
+            .then_some(())
+    });
+    eprintln!(
+        "a deleted route came back after {:?} (netlink monitor)",
+        start.elapsed()
+    );
+    assert!(pods[0][0].ping(pods[1][0].ip()));
+
+    node0.exec_ok(&["nft", "delete", "table", "inet", "wgmesh"]);
+    let ready = node0.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://127.0.0.1:9474/readyz",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "503",
+        "/readyz without the table"
+    );
+    let start = Instant::now();
+    wait_until(WAIT, "the table to come back", || {
+        node0
+            .exec(&["nft", "list", "table", "inet", "wgmesh"])
+            .status
+            .success()
+            .then_some(())
+    });
+    eprintln!(
+        "a deleted nftables table came back after {:?} (periodic resync of 2 s)",
+        start.elapsed()
+    );
+    wait_until(WAIT, "/readyz to recover", || {
+        node0
+            .exec(&["curl", "-sf", "http://127.0.0.1:9474/readyz"])
+            .status
+            .success()
+            .then_some(())
+    });
+}
