@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of wgmesh: installs missing system packages, checks formatting and
 # lints, then runs all tests of the workspace (unit, integration and end-to-end;
-# many need root and real network namespaces).
+# many need root and real network namespaces) and fuzzes the parsers (hack/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./hack/install-deps.sh
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --workspace --all-targets -- -D warnings
+# fuzz/ is its own workspace (it builds only with cargo-fuzz's sanitizer flags).
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 # Test binaries exec the workspace's own binaries (wgmesh-cni, test-apiserver, ...).
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
@@ -16,3 +19,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Each parser's fuzz target for a bounded time; a crash fails the run.
+./hack/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -256,9 +256,14 @@ fn external_conflicts(
 ) {
     let peers: Vec<&Member> = members.iter().filter(|m| m.external.is_some()).collect();
     let remote_nodes = || nodes.iter().filter(|n| n.name != local_name);
-    let node_keys: BTreeMap<PublicKey, &str> = remote_nodes()
-        .filter_map(|n| Some((n.public_key?, n.name.as_str())))
-        .collect();
+    // Several nodes may publish one key: name the first by name, whatever their order.
+    let mut node_keys: BTreeMap<PublicKey, &str> = BTreeMap::new();
+    for n in remote_nodes() {
+        if let Some(key) = n.public_key {
+            let holder = node_keys.entry(key).or_insert(n.name.as_str());
+            *holder = (*holder).min(n.name.as_str());
+        }
+    }
     for m in &peers {
         if local_key == Some(&m.public_key) {
             rejected

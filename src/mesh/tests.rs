@@ -658,4 +658,26 @@ fn external_peers_are_peers_routed_guarded_and_checked_against_nodes() {
         ["DuplicatePublicKey", "OverlappingPodCIDR"]
     );
     assert_eq!(reasons(&p, "peer/z"), ["OverlappingPodCIDR"]);
+
+    // Found by fuzzing: two nodes publishing one key (both refused) and a Peer using it.
+    // The Peer is told the same node whatever the order the nodes come in.
+    let shared = |name, i| set(node(name, i), annotation::PUBLIC_KEY, &key(9).to_base64());
+    let thief = [parse_peer(&peer_view("t", 9, &["10.99.3.0/24"], None))];
+    for (first, second) in [(("b", 2), ("c", 3)), (("c", 3), ("b", 2))] {
+        let order = [first.0, second.0];
+        let nodes: Vec<ParsedNode> = [
+            node("a", 1),
+            shared(first.0, first.1),
+            shared(second.0, second.1),
+        ]
+        .iter()
+        .map(|v| parse(v, &cfg))
+        .collect();
+        let p = plan("a", Some(&key(1)), &nodes, &thief, &cfg);
+        assert_eq!(
+            p.rejected["peer/t"],
+            vec![Problem::PublicKeyOfNode { node: "b".into() }],
+            "order {order:?}"
+        );
+    }
 }

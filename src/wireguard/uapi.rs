@@ -211,9 +211,17 @@ pub fn parse_get(text: &str) -> Result<DeviceStatus, UapiError> {
         if let Some(p) = status.peers.last_mut()
             && (*sec != 0 || *nsec != 0)
         {
-            p.stats.last_handshake = Some(UNIX_EPOCH + std::time::Duration::new(*sec, *nsec));
+            // Checked: a time past what SystemTime holds is a malformed answer, not a panic.
+            let time = UNIX_EPOCH
+                .checked_add(std::time::Duration::from_secs(*sec))
+                .and_then(|t| t.checked_add(std::time::Duration::from_nanos(u64::from(*nsec))))
+                .ok_or_else(|| {
+                    UapiError::invalid(format!("last_handshake_time {sec}.{nsec:09} out of range"))
+                })?;
+            p.stats.last_handshake = Some(time);
         }
         (*sec, *nsec) = (0, 0);
+        Ok::<(), UapiError>(())
     };
     for line in text.lines() {
         if line.is_empty() {
@@ -233,7 +241,8 @@ pub fn parse_get(text: &str) -> Result<DeviceStatus, UapiError> {
                     .map_err(|_| UapiError::invalid(format!("errno={value:?}")))?;
                 if errno != 0 {
                     return Err(UapiError {
-                        errno: errno.abs(),
+                        // Saturating: -i32::MIN does not fit an i32.
+                        errno: errno.saturating_abs(),
                         message: format!("device answered errno={errno}"),
                     });
                 }
@@ -246,7 +255,7 @@ pub fn parse_get(text: &str) -> Result<DeviceStatus, UapiError> {
             "listen_port" => status.listen_port = num(value)? as u16,
             "fwmark" => status.fwmark = num(value)? as u32,
             "public_key" => {
-                finish_handshake(&mut status, &mut handshake_sec, &mut handshake_nsec);
+                finish_handshake(&mut status, &mut handshake_sec, &mut handshake_nsec)?;
                 let key =
                     PublicKey::from_hex(value).map_err(|e| UapiError::invalid(e.to_string()))?;
                 status.peers.push(PeerStatus {
@@ -280,7 +289,7 @@ pub fn parse_get(text: &str) -> Result<DeviceStatus, UapiError> {
             _ => {}
         }
     }
-    finish_handshake(&mut status, &mut handshake_sec, &mut handshake_nsec);
+    finish_handshake(&mut status, &mut handshake_sec, &mut handshake_nsec)?;
     Ok(status)
 }
 

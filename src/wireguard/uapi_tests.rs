@@ -285,3 +285,18 @@ fn get_answers_parse_back_to_the_same_status() {
     );
     assert!(parse_get("public_key=zz\n\n").is_err());
 }
+
+/// Found by fuzzing (fuzz/corpus/uapi/regress-*): answers no device gives are refused
+/// with a reason, not a panic.
+#[test]
+fn absurd_get_answers_are_errors_not_panics() {
+    let err = parse_get("errno=-2147483648\n\n").unwrap_err();
+    assert_eq!(err.errno, i32::MAX, "saturated, still an error");
+    let peer = "1010101010101010101010101010101010101010101010101010101010101010";
+    let err = parse_get(&format!(
+        "public_key={peer}\nlast_handshake_time_sec=18446744073709551615\n\
+         last_handshake_time_nsec=4000000000\n\n"
+    ))
+    .unwrap_err();
+    assert!(err.message.contains("out of range"), "{}", err.message);
+}

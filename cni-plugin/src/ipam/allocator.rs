@@ -190,4 +190,194 @@ mod tests {
             Some(ip("10.244.1.2"))
         );
     }
+
+    /// Property tests of `next_free` against a reference written from the definition:
+    /// the pod addresses of a subnet in order (`IpNet::hosts` minus the gateway), the
+    /// search going round them from just after `last`.
+    mod properties {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use ipnet::{Ipv4Net, Ipv6Net};
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Every address of `subnet` a pod may get, in order: not the network address,
+        /// not the gateway (network + 1), not the IPv4 broadcast address. IPv6 has no
+        /// broadcast: its last address is a pod address.
+        fn pod_addresses(subnet: IpNet) -> Vec<IpAddr> {
+            let gateway = to_ip(subnet, to_int(subnet.network()) + 1);
+            subnet
+                .hosts()
+                .filter(|a| *a != subnet.network() && *a != gateway)
+                .collect()
+        }
+
+        /// What `next_free` must answer, by going round the list.
+        fn reference(
+            subnet: IpNet,
+            used: &HashSet<IpAddr>,
+            last: Option<IpAddr>,
+        ) -> Option<IpAddr> {
+            let pods = pod_addresses(subnet);
+            let start = last
+                .and_then(|l| pods.iter().position(|p| *p == l))
+                .map_or(0, |i| i + 1);
+            (0..pods.len())
+                .map(|k| pods[(start + k) % pods.len()])
+                .find(|a| !used.contains(a))
+        }
+
+        fn v4(addr: u32, prefix: u8) -> IpNet {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), prefix).unwrap().trunc())
+        }
+
+        fn v6(addr: u128, prefix: u8) -> IpNet {
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(addr), prefix).unwrap().trunc())
+        }
+
+        /// Subnets small enough to enumerate (4 to 256 addresses), anywhere in the
+        /// address space, its very first and last networks included.
+        fn small_subnet() -> impl Strategy<Value = IpNet> {
+            let v4_addr = prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()];
+            let v6_addr = prop_oneof![Just(0u128), Just(u128::MAX), any::<u128>()];
+            prop_oneof![
+                (v4_addr, 24u8..=30).prop_map(|(a, p)| v4(a, p)),
+                (v6_addr, 120u8..=126).prop_map(|(a, p)| v6(a, p)),
+            ]
+        }
+
+        /// A subnet, a used set (a random share of its addresses, from none to all,
+        /// plus strays outside it) and the last address handed out (one of the subnet,
+        /// possibly the network, gateway or broadcast address, or a stray).
+        fn state() -> impl Strategy<Value = (IpNet, HashSet<IpAddr>, Option<IpAddr>)> {
+            (
+                small_subnet(),
+                prop::sample::select(vec![0.0, 0.2, 0.8, 0.97, 1.0]),
+            )
+                .prop_flat_map(|(subnet, share)| {
+                    let size = 1usize << (subnet.max_prefix_len() - subnet.prefix_len());
+                    (
+                        Just(subnet),
+                        prop::collection::vec(prop::bool::weighted(share), size),
+                        prop::collection::vec(any::<u32>(), 0..3),
+                        prop_oneof![Just(None), (0..size).prop_map(Some), Just(Some(usize::MAX)),],
+                    )
+                })
+                .prop_map(|(subnet, taken, strays, last)| {
+                    let base = to_int(subnet.network());
+                    let at = |i: usize| to_ip(subnet, base + i as u128);
+                    let mut used: HashSet<IpAddr> =
+                        (0..taken.len()).filter(|i| taken[*i]).map(at).collect();
+                    used.extend(strays.into_iter().map(|s| IpAddr::V4(s.into())));
+                    let last = last.map(|i| {
+                        if i == usize::MAX {
+                            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
+                        } else {
+                            at(i)
+                        }
+                    });
+                    (subnet, used, last)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// The answer is the first free pod address after `last`, round the subnet:
+            /// never the network, gateway or (IPv4) broadcast address, never a used
+            /// one; `None` exactly when all `capacity` pod addresses are used.
+            #[test]
+            fn next_free_is_the_first_free_pod_address_after_the_last(
+                (subnet, used, last) in state()
+            ) {
+                let got = next_free(subnet, &used, last);
+                prop_assert_eq!(got, reference(subnet, &used, last));
+                let pods = pod_addresses(subnet);
+                prop_assert_eq!(capacity(subnet), pods.len() as u128);
+                let free = pods.iter().filter(|a| !used.contains(a)).count();
+                prop_assert_eq!(got.is_none(), free == 0);
+                if let Some(ip) = got {
+                    prop_assert!(is_pod_address(subnet, ip));
+                    prop_assert!(pods.contains(&ip) && !used.contains(&ip));
+                }
+                for ip in pods {
+                    prop_assert!(is_pod_address(subnet, ip));
+                }
+            }
+
+            /// Handing out addresses one after the other from any state goes round the
+            /// free addresses once each, in order, then stops: exhaustion at capacity.
+            #[test]
+            fn repeated_allocation_takes_every_free_address_once((subnet, used, last) in state()) {
+                let free: Vec<IpAddr> = pod_addresses(subnet)
+                    .into_iter()
+                    .filter(|a| !used.contains(a))
+                    .collect();
+                let (mut used, mut last) = (used, last);
+                let mut got = Vec::new();
+                while let Some(ip) = next_free(subnet, &used, last) {
+                    prop_assert!(used.insert(ip), "{} handed out twice", ip);
+                    got.push(ip);
+                    last = Some(ip);
+                    prop_assert!(got.len() <= free.len());
+                }
+                got.sort();
+                prop_assert_eq!(got, free);
+            }
+
+            /// Round-robin: the address handed out last, once released, comes back only
+            /// after every other free address has been handed out.
+            #[test]
+            fn a_released_address_is_handed_out_last((subnet, used, last) in state()) {
+                let Some(ip) = next_free(subnet, &used, last) else { return Ok(()) };
+                let mut used = used;
+                let others = pod_addresses(subnet)
+                    .iter()
+                    .filter(|a| !used.contains(a) && **a != ip)
+                    .count();
+                let mut last = Some(ip);
+                for _ in 0..others {
+                    let next = next_free(subnet, &used, last).unwrap();
+                    prop_assert_ne!(next, ip);
+                    used.insert(next);
+                    last = Some(next);
+                }
+                prop_assert_eq!(next_free(subnet, &used, last), Some(ip));
+            }
+
+            /// Large subnets (not enumerable): the answer is a free pod address, and
+            /// only used addresses were skipped to reach it.
+            #[test]
+            fn large_subnets_answer_a_free_pod_address(
+                subnet in prop_oneof![
+                    (any::<u32>(), 0u8..24).prop_map(|(a, p)| v4(a, p)),
+                    (any::<u128>(), 0u8..120).prop_map(|(a, p)| v6(a, p)),
+                ],
+                offsets in prop::collection::vec(0u128..64, 0..40),
+                last in prop::option::of(0u128..64),
+            ) {
+                let base = to_int(subnet.network());
+                let at = |o: u128| to_ip(subnet, base + o);
+                let used: HashSet<IpAddr> = offsets.into_iter().map(at).collect();
+                let last = last.map(at);
+                let ip = next_free(subnet, &used, last).expect("a large subnet is never full");
+                prop_assert!(subnet.contains(&ip) && !used.contains(&ip));
+                let v = to_int(ip);
+                prop_assert!(v >= base + 2, "{} is the network or gateway address", ip);
+                if let IpNet::V4(n) = subnet {
+                    prop_assert_ne!(ip, IpAddr::V4(n.broadcast()));
+                }
+                let start = match last {
+                    Some(l) if is_pod_address(subnet, l) => to_int(l) + 1,
+                    _ => base + 2,
+                };
+                // No wrap-around: fewer than 64 + 40 addresses from the start.
+                prop_assert!(v >= start);
+                for skipped in start..v {
+                    prop_assert!(used.contains(&to_ip(subnet, skipped)));
+                }
+            }
+        }
+    }
 }

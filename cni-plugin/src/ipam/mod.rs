@@ -112,3 +112,6 @@ pub fn has_free_addresses(store: &Store, cfg: &NetworkConfig) -> Result<bool, Er
         .nets()
         .all(|subnet| allocator::next_free(subnet, &used, None).is_some()))
 }
+
+#[cfg(test)]
+mod tests;
