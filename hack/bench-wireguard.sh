@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
-# Throughput of userspace WireGuard implementations, side by side, on this machine.
+# Throughput, CPU per gigabyte and latency of userspace WireGuard implementations, side by
+# side, on this machine.
 #
-# Two network namespaces joined by a veth (192.0.2.1 <-> 192.0.2.2); for each
-# implementation both ends run it, configured with wg(8), tunnel addresses 10.244.0.1/2;
-# then one TCP stream of iperf3 for DURATION seconds through the tunnel. A plain veth run
-# gives the reference. Needs root, iperf3, wg, wireguard-go; builds wgmesh-wg in release
-# mode and installs boringtun-cli under target/bench-tools (cached for later runs).
+# Point to point: two network namespaces joined by a veth (192.0.2.1 <-> 192.0.2.2); for
+# each implementation both ends run it, configured with wg(8), tunnel addresses
+# 10.244.0.1/2, MTU 1420; then the median of 50 idle pings and one TCP stream of iperf3
+# for DURATION seconds through the tunnel. A plain veth run gives the reference.
+#
+# Pod to pod: a 2-node testbed (tests/testbed: nodes behind a router, pods on bridges,
+# the agents' nftables) with a pod on each node, the same ping and iperf3 from one pod to
+# the other. pod-agent is the agents' own data plane; pod-wireguard-go (pod-wgmesh-wg)
+# runs wireguard-go (wgmesh-wg) in place of the agents on the same nodes, same interface
+# name, MTU, endpoints and routes. Each pod run builds a fresh cluster.
+#
+# CPU: utime+stime of the implementation's processes on both ends (/proc/PID/stat)
+# across the transfer, divided by the gigabytes (1e9 bytes) received. It includes the
+# kernel work done in those processes' system calls (TUN writes run the receiving
+# stack), so compare implementations, not absolute numbers. veth has no process.
+#
+# Needs root, iperf3, wg, wireguard-go; builds the workspace in release mode and installs
+# boringtun-cli under target/bench-tools (cached for later runs).
 #
 # Usage: [RUNS=n] hack/bench-wireguard.sh [DURATION] [IMPL...]
-#   IMPL among: veth wgmesh-wg wireguard-go boringtun (default: all)
-#   RUNS (default 1): rounds over all implementations, interleaved; the median is shown.
+#   IMPL among: veth wgmesh-wg wireguard-go boringtun pod-agent pod-wireguard-go
+#   pod-wgmesh-wg (default: all but pod-wgmesh-wg)
+#   RUNS (default 1): rounds over all implementations, interleaved; medians are shown.
+#   WGMESH_OFFLOADS=off in the environment is passed on to wgmesh-wg (not to the agents).
+#   BIN_DIR: use the binaries there (wgmesh, wgmesh-wg, wgmesh-cni, test-apiserver,
+#   wgmesh-testbed) instead of building; e.g. a copy of an earlier build, for "before".
 
 set -euo pipefail
 
@@ -17,7 +35,7 @@ DURATION=${1:-10}
 RUNS=${RUNS:-1}
 shift || true
 IMPLS=("$@")
-[[ ${#IMPLS[@]} -gt 0 ]] || IMPLS=(veth wgmesh-wg wireguard-go boringtun)
+[[ ${#IMPLS[@]} -gt 0 ]] || IMPLS=(veth wgmesh-wg wireguard-go boringtun pod-agent pod-wireguard-go)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=$ROOT/target/bench-tools
@@ -35,6 +53,7 @@ done
 
 cleanup() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 	ip netns del "$NS_A" 2>/dev/null || true
 	ip netns del "$NS_B" 2>/dev/null || true
 	rm -f "/var/run/wireguard/$IF_A.sock" "/var/run/wireguard/$IF_B.sock"
@@ -47,9 +66,25 @@ if python3 -c "import sys; sys.exit(0 if float('$LOAD') > 0.5 else 1)"; then
 	echo "bench-wireguard: warning: load average is $LOAD before starting; results will be noisy" >&2
 fi
 
-echo "== building wgmesh-wg (release)" >&2
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin wgmesh-wg
-WGMESH_WG=$ROOT/target/release/wgmesh-wg
+POD_PLANES=()
+for impl in "${IMPLS[@]}"; do
+	[[ $impl == pod-* ]] && POD_PLANES+=("${impl#pod-}")
+done
+
+if [[ -n ${BIN_DIR:-} ]]; then
+	BIN_DIR=$(cd "$BIN_DIR" && pwd)
+	echo "== using the binaries in $BIN_DIR" >&2
+else
+	BIN_DIR=$ROOT/target/release
+	echo "== building the workspace (release)" >&2
+	if [[ ${#POD_PLANES[@]} -gt 0 ]]; then
+		cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --workspace --bins
+	else
+		cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin wgmesh-wg
+	fi
+fi
+WGMESH_WG=$BIN_DIR/wgmesh-wg
+TESTBED=$BIN_DIR/wgmesh-testbed
 
 BORINGTUN=$TOOLS/boringtun/bin/boringtun-cli
 if [[ " ${IMPLS[*]} " == *" boringtun "* && ! -x $BORINGTUN ]]; then
@@ -69,6 +104,7 @@ setup_underlay() {
 }
 
 # start_impl IMPL NS IFNAME: runs the implementation in the foreground, in the background.
+# `ip netns exec` and `env` exec, so $! is the implementation's own pid.
 start_impl() {
 	local impl=$1 ns=$2 ifname=$3
 	case $impl in
@@ -101,49 +137,115 @@ setup_tunnel() {
 	ip -n "$NS_B" link set "$IF_B" mtu 1420 up
 }
 
-# measure TARGET: Mbit/s received over one TCP stream.
-measure() {
-	local target=$1 json
-	ip netns exec "$NS_B" iperf3 -s -1 -B "$target" >/dev/null 2>&1 &
-	local server=$!
-	sleep 0.3
-	ip netns exec "$NS_A" ping -c 1 -W 2 "$target" >/dev/null 2>&1 || true
-	json=$(ip netns exec "$NS_A" iperf3 -c "$target" -t "$DURATION" -J 2>/dev/null || true)
-	wait "$server" 2>/dev/null || true
-	python3 -c 'import json,sys
-try: print("%.0f" % (json.loads(sys.stdin.read())["end"]["sum_received"]["bits_per_second"]/1e6))
-except Exception: print(0)' <<<"$json"
+# cpu_ticks PID...: utime+stime of the processes, in clock ticks.
+cpu_ticks() {
+	local total=0 pid f
+	for pid in "$@"; do
+		# Fields after the ")" closing the command name: state is 1, utime 12, stime 13.
+		f=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null || echo "")
+		[[ -n $f ]] || continue
+		total=$((total + $(echo "$f" | cut -d' ' -f12) + $(echo "$f" | cut -d' ' -f13)))
+	done
+	echo "$total"
 }
 
-declare -A RESULT
+# median_rtt TARGET: median of 50 pings, in ms.
+median_rtt() {
+	ip netns exec "$NS_A" ping -n -c 50 -i 0.02 "$1" 2>/dev/null |
+		python3 -c 'import re,statistics,sys
+t=[float(m) for m in re.findall(r"time=([0-9.]+)", sys.stdin.read())]
+print("%.3f" % statistics.median(t) if t else "nan")'
+}
+
+# measure TARGET PID...: prints "Mbit/s bytes cpu_seconds rtt_ms" for one TCP stream.
+measure() {
+	local target=$1 json server t0 t1 rtt
+	shift
+	ip netns exec "$NS_B" iperf3 -s -1 -B "$target" >/dev/null 2>&1 &
+	server=$!
+	sleep 0.3
+	for _ in $(seq 20); do ip netns exec "$NS_A" ping -c 1 -W 1 "$target" >/dev/null 2>&1 && break; done
+	rtt=$(median_rtt "$target")
+	t0=$(cpu_ticks "$@")
+	json=$(ip netns exec "$NS_A" iperf3 -c "$target" -t "$DURATION" -J 2>/dev/null || true)
+	t1=$(cpu_ticks "$@")
+	wait "$server" 2>/dev/null || true
+	python3 -c 'import json,sys
+hz, t0, t1, rtt = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+try:
+    r = json.loads(sys.stdin.read())["end"]["sum_received"]
+    print("%.0f %d %.2f %s" % (r["bits_per_second"]/1e6, r["bytes"], (t1-t0)/hz, rtt))
+except Exception:
+    print("0 0 0 %s" % rtt)' "$(getconf CLK_TCK)" "$t0" "$t1" "$rtt" <<<"$json"
+}
+
+# pod_round: the pod data planes of one round, each on a fresh testbed.
+pod_round() {
+	local planes
+	planes=$(IFS=,; echo "${POD_PLANES[*]}")
+	"$TESTBED" bench --seconds "$DURATION" --data-planes "$planes" |
+		python3 -c 'import json,sys
+for line in sys.stdin:
+    line = line.strip()
+    if not line.startswith("{"): continue
+    m = json.loads(line)
+    print("pod-%s %.0f %d %.2f %.3f" % (m["impl"], m["mbits"], m["bytes"], m["cpu_s"], m["rtt_ms"]))'
+}
+
+declare -A MBITS BYTES CPU RTT
+record() {
+	local impl=$1 mbits=$2 bytes=$3 cpu=$4 rtt=$5
+	MBITS[$impl]="${MBITS[$impl]:-} $mbits"
+	BYTES[$impl]="${BYTES[$impl]:-} $bytes"
+	CPU[$impl]="${CPU[$impl]:-} $cpu"
+	RTT[$impl]="${RTT[$impl]:-} $rtt"
+	echo "== round $round, $impl: $mbits Mbit/s, $cpu CPU s for $bytes bytes, RTT $rtt ms" >&2
+}
+
 for round in $(seq "$RUNS"); do
 	for impl in "${IMPLS[@]}"; do
+		[[ $impl == pod-* ]] && continue
 		cleanup
 		PIDS=()
 		setup_underlay
 		if [[ $impl == veth ]]; then
-			mbits=$(measure 192.0.2.2)
+			read -r mbits bytes cpu rtt < <(measure 192.0.2.2)
 		else
 			setup_tunnel "$impl"
-			mbits=$(measure 10.244.0.2)
+			read -r mbits bytes cpu rtt < <(measure 10.244.0.2 "${PIDS[@]}")
 		fi
-		RESULT[$impl]="${RESULT[$impl]:-} $mbits"
-		echo "== round $round, $impl: $mbits Mbit/s" >&2
+		record "$impl" "$mbits" "$bytes" "$cpu" "$rtt"
 	done
+	cleanup
+	PIDS=()
+	if [[ ${#POD_PLANES[@]} -gt 0 ]]; then
+		while read -r impl mbits bytes cpu rtt; do
+			record "$impl" "$mbits" "$bytes" "$cpu" "$rtt"
+		done < <(pod_round)
+	fi
 done
 
 echo
 echo "one TCP stream, ${DURATION}s, $RUNS round(s), $(nproc) cores, kernel $(uname -r), load before start $LOAD"
-printf '%-14s %10s %18s %16s %10s\n' implementation "Mbit/s" "(each round)" "vs wireguard-go" "vs veth"
+echo "medians of the rounds; ratios against wireguard-go on the same path (pod-* against pod-wireguard-go)"
+printf '%-17s %9s %20s %9s %11s %9s %9s\n' implementation "Mbit/s" "(each round)" "vs wg-go" "CPU s/GB" "RTT ms" "RTT/wg-go"
 for impl in "${IMPLS[@]}"; do
-	python3 - "$impl" "${RESULT[$impl]}" "${RESULT[wireguard-go]:-}" "${RESULT[veth]:-}" <<'EOF'
-import statistics, sys
+	ref=wireguard-go
+	[[ $impl == pod-* ]] && ref=pod-wireguard-go
+	python3 - "$impl" "${MBITS[$impl]:-}" "${BYTES[$impl]:-}" "${CPU[$impl]:-}" "${RTT[$impl]:-}" \
+		"${MBITS[$ref]:-}" "${RTT[$ref]:-}" <<'EOF'
+import math, statistics, sys
 impl = sys.argv[1]
-runs, wg, veth = (list(map(float, a.split())) for a in sys.argv[2:5])
+mbits, nbytes, cpu, rtt, ref_mbits, ref_rtt = (
+    [float(x) for x in a.split() if x != "nan"] for a in sys.argv[2:8])
 med = lambda xs: statistics.median(xs) if xs else 0.0
-v, w, e = med(runs), med(wg), med(veth)
+v, w = med(mbits), med(ref_mbits)
+# CPU per GB from each round, then the median.
+per_gb = [c / (b / 1e9) for c, b in zip(cpu, nbytes) if b > 0]
+cpu_gb = "%.2f" % med(per_gb) if per_gb and impl != "veth" else "-"
+r, rw = med(rtt), med(ref_rtt)
 ratio = lambda a, b: "%.2f" % (a / b) if b else "-"
-each = "/".join("%.0f" % r for r in runs)
-print("%-14s %10.0f %18s %16s %10s" % (impl, v, each, ratio(v, w), ratio(v, e)))
+each = "/".join("%.0f" % x for x in mbits)
+print("%-17s %9.0f %20s %9s %11s %9.3f %9s" % (impl, v, each, ratio(v, w), cpu_gb, r, ratio(r, rw)))
 EOF
 done

@@ -11,8 +11,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::config::{Changes, ConfigUpdate, DeviceStatus, Model};
-use super::dataplane::{self, Peer, Shared, Snapshot};
+use super::dataplane::{Peer, Shared, Snapshot};
 use super::error::DeviceError;
+use super::inbound;
+use super::offloads::Offloads;
 use super::peer::{PeerConfig, PeerStatus};
 use super::sys::lock;
 use super::tunnel::{Identity, Outbox, Tunnel};
@@ -27,6 +29,8 @@ pub(crate) struct Inner {
     /// The namespace the device was started in: a rebind opens its sockets there, whatever
     /// thread (UAPI client, agent task) asks for it.
     pub netns: NetNs,
+    /// The offloads asked for, for sockets bound later.
+    pub offloads: Offloads,
 }
 
 pub(crate) struct Control {
@@ -65,7 +69,7 @@ impl Inner {
                 let fwmark = model.fwmark;
                 let bound = self
                     .netns
-                    .run(|| UdpSockets::bind(port, fwmark))
+                    .run(|| UdpSockets::bind(port, fwmark, self.offloads))
                     .map_err(|e| DeviceError::Io {
                         op: "enter the device's network namespace",
                         source: std::io::Error::other(e.to_string()),
@@ -275,7 +279,7 @@ pub(crate) fn spawn_receivers(
         let (s, socks) = (Arc::clone(shared), Arc::clone(sockets));
         let queue = i % queues;
         threads.push(spawn(family.name(), move || {
-            dataplane::udp_loop(s, socks, family, queue)
+            inbound::udp_loop(s, socks, family, queue)
         })?);
     }
     Ok(threads)

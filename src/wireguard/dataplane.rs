@@ -1,15 +1,16 @@
-//! The packet loops: TUN queue → encrypt → UDP, UDP → decrypt → TUN, and the timers.
-//! Adapter over the pure tunnel and route table.
+//! What the packet loops share: the device state, the peer snapshot, peer lookup for
+//! inbound datagrams, and the timer loop. Adapter over the pure tunnel and route table.
+//! The loops themselves are `outbound` (TUN queue → encrypt → UDP) and `inbound`
+//! (UDP → decrypt → TUN).
 //!
 //! Each loop runs packets to completion on its own thread with its own buffers (nothing
 //! is allocated per packet). Loops read the peer table from an immutable [`Snapshot`]
 //! they re-fetch only when the generation counter moved, so the only shared write per
 //! packet is the peer's tunnel mutex, held for the crypto and never across a syscall.
-//! Processing of each packet is wrapped in `catch_unwind`: a panic drops that packet,
-//! counts it, and the loop goes on.
+//! Processing of each packet (or super-packet) is wrapped in `catch_unwind`: a panic
+//! drops it, counts it, and the loop goes on.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,19 +22,17 @@ use boringtun::noise::{Packet, TunnResult};
 
 use super::allowed_ips::{AllowedIps, IntMap};
 use super::drops::{DropCounters, DropReason};
-use super::sys::{Stop, lock, wait_readable};
-use super::tun::{Tun, TunQueue, is_gone};
+use super::sys::{Stop, lock};
+use super::tun::Tun;
 use super::tunnel::{
-    COOKIE_LEN, DATA_OVERHEAD, Decap, Encap, INIT_LEN, Identity, MAX_PACKET, MSG_COOKIE, MSG_DATA,
-    MSG_INIT, MSG_RESPONSE, Outbox, RESPONSE_LEN, Tunnel, ip_destination, padded_len,
+    COOKIE_LEN, DATA_OVERHEAD, INIT_LEN, Identity, MSG_COOKIE, MSG_DATA, MSG_INIT, MSG_RESPONSE,
+    Outbox, RESPONSE_LEN, Tunnel,
 };
-use super::udp::{self, Family, UdpSockets};
+use super::udp::UdpSockets;
 use crate::key::PublicKey;
 
 /// How often peers' timers run (boringtun wants 100-250 ms).
 pub(crate) const TICK: Duration = Duration::from_millis(100);
-/// The largest IP packet read from the TUN: leaves room for 16 bytes of padding.
-const MAX_INNER: usize = 65535;
 
 /// A peer in the data plane: its index in receiver indices and its tunnel.
 pub(crate) struct Peer {
@@ -136,13 +135,13 @@ impl Shared {
     }
 
     #[inline]
-    fn drop_packet(&self, reason: DropReason) {
+    pub(crate) fn drop_packet(&self, reason: DropReason) {
         self.drops.count(reason);
         tracing::trace!(reason = reason.as_str(), "packet dropped");
     }
 
     #[inline]
-    fn send(&self, sockets: &UdpSockets, datagram: &[u8], to: SocketAddr) {
+    pub(crate) fn send(&self, sockets: &UdpSockets, datagram: &[u8], to: SocketAddr) {
         if let Err(e) = sockets.send_to(datagram, to) {
             tracing::trace!(%to, error = %e, "send failed");
             self.drops.count(DropReason::SendFailed);
@@ -151,7 +150,7 @@ impl Shared {
 
     /// Runs `f` for one packet; a panic drops the packet instead of the thread.
     #[inline]
-    fn guarded(&self, f: impl FnOnce()) {
+    pub(crate) fn guarded(&self, f: impl FnOnce()) {
         if catch_unwind(AssertUnwindSafe(f)).is_err() {
             self.drops.count(DropReason::Panic);
         }
@@ -159,13 +158,13 @@ impl Shared {
 }
 
 /// A loop's cached snapshot, re-fetched when the generation moved.
-struct View {
-    snap: Arc<Snapshot>,
+pub(crate) struct View {
+    pub snap: Arc<Snapshot>,
     generation: u64,
 }
 
 impl View {
-    fn new(shared: &Shared) -> View {
+    pub(crate) fn new(shared: &Shared) -> View {
         let generation = shared.generation.load(Ordering::Acquire);
         View {
             snap: shared.load(),
@@ -174,171 +173,11 @@ impl View {
     }
 
     #[inline]
-    fn refresh(&mut self, shared: &Shared) {
+    pub(crate) fn refresh(&mut self, shared: &Shared) {
         let g = shared.generation.load(Ordering::Acquire);
         if g != self.generation {
             self.snap = shared.load();
             self.generation = g;
-        }
-    }
-}
-
-/// Reads one TUN queue, encrypts, sends.
-pub(crate) fn tun_loop(shared: Arc<Shared>, queue: usize) {
-    let Some(q) = shared.tun.queues().get(queue) else {
-        return;
-    };
-    let _span = tracing::debug_span!("tun", device = shared.tun.name(), queue).entered();
-    let mut view = View::new(&shared);
-    let mut buf = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; MAX_PACKET];
-    while !shared.stop.is_set() {
-        match q.read(&mut buf[..MAX_INNER]) {
-            Ok(n) => {
-                view.refresh(&shared);
-                shared.guarded(|| outbound(&shared, &view.snap, &mut buf, n, &mut out));
-            }
-            Err(e) => {
-                if !tun_error(&shared, q, e) {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Handles a failed read or wait; false when the loop must end.
-fn tun_error(shared: &Shared, q: &TunQueue, e: io::Error) -> bool {
-    match e.kind() {
-        io::ErrorKind::WouldBlock => match wait_readable(q.raw_fd(), &shared.stop) {
-            Ok(()) => true,
-            Err(e) => tun_error(shared, q, e),
-        },
-        io::ErrorKind::Interrupted => true,
-        _ if is_gone(&e) => {
-            shared.close(CloseReason::InterfaceRemoved);
-            false
-        }
-        _ => {
-            tracing::warn!(device = shared.tun.name(), error = %e, "TUN read failed");
-            !shared.stop.sleep(Duration::from_millis(100))
-        }
-    }
-}
-
-#[inline]
-fn outbound(shared: &Shared, snap: &Snapshot, buf: &mut [u8], n: usize, out: &mut [u8]) {
-    let Some(dst) = ip_destination(&buf[..n]) else {
-        return shared.drop_packet(DropReason::Malformed);
-    };
-    let Some(peer) = snap.routes.lookup(dst) else {
-        return shared.drop_packet(DropReason::NoRoute);
-    };
-    let len = padded_len(n, shared.mtu.load(Ordering::Relaxed));
-    buf[n..len].fill(0);
-    let (result, endpoint) = {
-        let mut t = lock(&peer.tunnel);
-        let Some(endpoint) = t.endpoint() else {
-            drop(t);
-            return shared.drop_packet(DropReason::NoEndpoint);
-        };
-        (t.encapsulate(&buf[..len], out), endpoint)
-    };
-    match result {
-        Encap::Send(m) => shared.send(&snap.sockets, &out[..m], endpoint),
-        Encap::Queued => {}
-        Encap::Dropped(r) => shared.drop_packet(r),
-    }
-}
-
-/// Receives on one UDP socket, decrypts, writes to the TUN. Ends when the sockets are
-/// closed (rebind) or the device stops.
-pub(crate) fn udp_loop(
-    shared: Arc<Shared>,
-    sockets: Arc<UdpSockets>,
-    family: Family,
-    queue: usize,
-) {
-    let (Some(socket), Some(tun)) = (sockets.get(family), shared.tun.queues().get(queue)) else {
-        return;
-    };
-    let name = family.name();
-    let _span = tracing::debug_span!("udp", device = shared.tun.name(), family = name).entered();
-    let mut view = View::new(&shared);
-    let mut ctx = InboundCtx {
-        out: vec![0u8; MAX_PACKET],
-        outbox: Outbox::default(),
-    };
-    let mut buf = vec![0u8; MAX_PACKET];
-    while !shared.stop.is_set() && !sockets.is_closed() {
-        match udp::recv_from(socket, &mut buf) {
-            Ok((n, Some(from))) => {
-                view.refresh(&shared);
-                shared.guarded(|| inbound(&shared, &view.snap, tun, &mut ctx, from, &buf[..n]));
-            }
-            // A shut-down socket reads as empty with no address.
-            Ok((_, None)) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = wait_readable(udp::raw_fd(socket), &shared.stop) {
-                    tracing::warn!(error = %e, "poll failed");
-                    shared.stop.sleep(Duration::from_millis(10));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // ICMP errors of earlier sends surface here on some kernels: not fatal.
-            Err(e) => tracing::debug!(error = %e, "UDP receive error"),
-        }
-    }
-}
-
-struct InboundCtx {
-    out: Vec<u8>,
-    outbox: Outbox,
-}
-
-#[inline]
-fn inbound(
-    shared: &Shared,
-    snap: &Snapshot,
-    tun: &TunQueue,
-    ctx: &mut InboundCtx,
-    from: SocketAddr,
-    datagram: &[u8],
-) {
-    let peer = match find_peer(shared, snap, from, datagram) {
-        Ok(p) => p,
-        Err(r) => return shared.drop_packet(r),
-    };
-    ctx.outbox.clear();
-    let decap = lock(&peer.tunnel).decapsulate(from, datagram, &mut ctx.out, &mut ctx.outbox);
-    for reply in ctx.outbox.iter() {
-        shared.send(&snap.sockets, reply, from);
-    }
-    match decap {
-        Decap::ToTun { packet, source } => {
-            // Cryptokey routing: the inner source must be one this peer may use.
-            let allowed = snap
-                .routes
-                .lookup(source)
-                .is_some_and(|p| Arc::ptr_eq(p, peer));
-            if !allowed {
-                return shared.drop_packet(DropReason::BadSource);
-            }
-            if let Err(e) = tun.write(packet) {
-                if is_gone(&e) {
-                    shared.close(CloseReason::InterfaceRemoved);
-                }
-                shared.drop_packet(DropReason::TunWriteFailed);
-            }
-        }
-        Decap::Nothing => {
-            if matches!(datagram.first(), Some(&MSG_INIT) | Some(&MSG_RESPONSE)) {
-                tracing::debug!(peer = %peer.key.short(), %from, "handshake message accepted");
-            }
-        }
-        Decap::Dropped(r) => {
-            tracing::trace!(peer = %peer.key.short(), %from, reason = r.as_str(), "datagram dropped");
-            shared.drops.count(r);
         }
     }
 }
@@ -352,7 +191,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 /// Finds the peer a datagram is for: by receiver index (its upper 24 bits are the peer's
 /// index), or for an initiation by the initiator's static key. Handshake messages are
 /// checked against the shared rate limiter first; under load that answers with a cookie.
-fn find_peer<'s>(
+pub(crate) fn find_peer<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     from: SocketAddr,

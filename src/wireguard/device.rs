@@ -3,9 +3,11 @@
 //!
 //! Threads: one per TUN queue (`available_parallelism` queues by default) running
 //! TUN → encrypt → UDP, one per UDP socket (IPv4, IPv6) running UDP → decrypt → TUN, and
-//! one for the timers. Plain OS threads, not async: each packet runs to completion on the
+//! one for the timers. Plain OS threads, not async: each batch runs to completion on the
 //! thread that read it, with reused buffers and no hand-off, which is the cheapest path
-//! on a small machine and the shape recvmmsg/sendmmsg and offloads will batch later.
+//! on a small machine. I/O is batched (recvmmsg/sendmmsg) and, where the kernel has them,
+//! offloaded ([`Offloads`]: TUN TSO/USO with virtio_net_hdr, UDP GSO and GRO), so one
+//! system call moves up to 64 KiB of one flow; see docs/performance.md.
 //!
 //! Locks: configuration changes serialize on one control mutex (see `control`), which the
 //! packet threads never take; they pick up an immutable snapshot instead. A peer's tunnel
@@ -46,6 +48,8 @@ use super::control::{Control, Inner, spawn, spawn_receivers};
 use super::dataplane::{self, CloseReason, Shared};
 use super::drops::DropCounters;
 use super::error::DeviceError;
+use super::offloads::{Offloads, TunGrant, negotiate_tun};
+use super::outbound;
 use super::peer::{PeerConfig, PeerStats, PeerStatus};
 use super::sys::{Stop, lock};
 use super::tun::Tun;
@@ -74,6 +78,9 @@ pub struct DeviceConfig {
     /// Keep the interface (and its routes) when the device stops, so a restarted
     /// process re-attaches to it (the agent); `false` removes it (`wgmesh-wg`).
     pub persist: bool,
+    /// The offloads to use where the kernel has them; [`DeviceConfig::new`] takes them
+    /// from `WGMESH_OFFLOADS` (default: all).
+    pub offloads: Offloads,
 }
 
 impl DeviceConfig {
@@ -86,6 +93,7 @@ impl DeviceConfig {
             mtu: DEFAULT_MTU,
             queues: 0,
             persist: false,
+            offloads: Offloads::from_env(),
         }
     }
 }
@@ -109,9 +117,23 @@ impl Device {
             op: "open the network namespace",
             source: std::io::Error::other(e.to_string()),
         })?;
-        let tun = Tun::create(&config.name, queues, config.persist)?;
+        let want = config.offloads;
+        let tun = Tun::create(&config.name, queues, config.persist, want.tun)?;
+        let tun_offloads = if want.tun {
+            negotiate_tun(|flags| tun.set_offload(flags))
+        } else {
+            // Clear what a previous process may have set on a persistent interface.
+            if let Err(e) = tun.set_offload(0) {
+                tracing::debug!(error = %e, "clearing TUN offloads failed");
+            }
+            TunGrant {
+                flags: 0,
+                refused: Vec::new(),
+            }
+        };
         tun.set_mtu(config.mtu)?;
-        let sockets = Arc::new(UdpSockets::bind(config.listen_port, config.fwmark)?);
+        let sockets = Arc::new(UdpSockets::bind(config.listen_port, config.fwmark, want)?);
+        log_offloads(&config.name, want, &tun_offloads, &sockets);
         let stop = Stop::new().map_err(|source| DeviceError::Io {
             op: "eventfd",
             source,
@@ -123,6 +145,7 @@ impl Device {
                 shared: Arc::clone(&shared),
                 control: Mutex::new(control),
                 netns,
+                offloads: want,
             }),
             threads: Vec::new(),
             uapi: Mutex::new(None),
@@ -136,7 +159,7 @@ impl Device {
             let s = Arc::clone(&shared);
             device
                 .threads
-                .push(spawn("wg-tun", move || dataplane::tun_loop(s, q))?);
+                .push(spawn("wg-tun", move || outbound::tun_loop(s, q))?);
         }
         let s = Arc::clone(&shared);
         device
@@ -352,6 +375,38 @@ impl Drop for Device {
     }
 }
 
+/// Says which offloads the device got, and why any it asked for is missing.
+fn log_offloads(name: &str, want: Offloads, tun: &TunGrant, sockets: &UdpSockets) {
+    if want == Offloads::NONE {
+        tracing::info!(
+            device = name,
+            "offloads off (by configuration): one packet per TUN read and write, batched UDP I/O"
+        );
+        return;
+    }
+    for (flags, error) in &tun.refused {
+        tracing::info!(device = name, flags = format!("{flags:#x}"), %error, "TUN offload set refused; trying fewer");
+    }
+    let udp = sockets.families();
+    let gso = udp.iter().all(|f| sockets.gso(*f));
+    let gro = udp.iter().all(|f| sockets.gro(*f));
+    let missing = (want.tun && !tun.tso()) || (want.udp_gso && !gso) || (want.udp_gro && !gro);
+    let level_msg = if missing {
+        "some offloads are unavailable here: falling back to per-packet work for those"
+    } else {
+        "offloads on"
+    };
+    tracing::info!(
+        device = name,
+        tun_vnet_hdr = want.tun,
+        tun_tso = tun.tso(),
+        tun_uso = tun.uso(),
+        udp_gso = gso,
+        udp_gro = gro,
+        "{level_msg}"
+    );
+}
+
 /// The default directory of UAPI sockets, where wg(8) looks.
 pub const UAPI_DIR: &str = "/var/run/wireguard";
 
@@ -371,5 +426,6 @@ mod tests {
         let c = DeviceConfig::new("wg0");
         assert_eq!((c.listen_port, c.mtu, c.queues, c.fwmark), (0, 1420, 0, 0));
         assert!(c.private_key.is_none());
+        assert_eq!(c.offloads, Offloads::from_env());
     }
 }

@@ -6,13 +6,21 @@
 //! - [`tunnel`]: one peer's session state over boringtun's `Tunn` (sans-IO);
 //! - [`config`]: configuration transactions and the configured model;
 //! - [`uapi`]: the wg(8) text protocol;
+//! - the fast path's packet logic: [`checksum`], [`vnet`] (virtio_net_hdr), [`gso`]
+//!   (cutting TUN super-packets into segments), [`gro`] (coalescing TCP segments for the
+//!   TUN), [`batch`] (grouping datagrams into UDP GSO messages), [`offloads`] (what to
+//!   ask the kernel for, and falling back);
 //! - [`peer`], [`drops`], [`error`]: data types.
 //!
-//! I/O adapters, thin: [`tun`] (the TUN interface), [`udp`] (the sockets), [`device`] (the
-//! configuration API and threads), `control` (applying configuration), `dataplane` (the packet loops), `uapi_server` (the
-//! unix socket) and [`daemon`] (the `wgmesh-wg` process contract).
+//! I/O adapters, thin: [`tun`] (the TUN interface), [`udp`] (the sockets), `mmsg`
+//! (recvmmsg/sendmmsg), [`device`] (the configuration API and threads), `control`
+//! (applying configuration), `dataplane` (what the loops share, timers), `outbound` and
+//! `inbound` (the packet loops), `uapi_server` (the unix socket) and [`daemon`] (the
+//! `wgmesh-wg` process contract). docs/performance.md explains the fast path.
 
 pub mod allowed_ips;
+pub mod batch;
+pub mod checksum;
 pub mod config;
 mod control;
 pub mod daemon;
@@ -20,18 +28,28 @@ mod dataplane;
 pub mod device;
 pub mod drops;
 pub mod error;
+pub mod gro;
+pub mod gso;
+mod inbound;
+mod mmsg;
+pub mod offloads;
+mod outbound;
 pub mod peer;
 mod sys;
+#[cfg(test)]
+mod testpkt;
 pub mod tun;
 pub mod tunnel;
 pub mod uapi;
 pub mod uapi_client;
 mod uapi_server;
 pub mod udp;
+pub mod vnet;
 
 pub use config::{ConfigUpdate, DeviceStatus, PeerUpdate};
 pub use dataplane::CloseReason;
 pub use device::{Closer, DEFAULT_MTU, Device, DeviceConfig, UAPI_DIR};
 pub use drops::{DropCounters, DropReason};
 pub use error::{DeviceError, TunError, UapiError};
+pub use offloads::Offloads;
 pub use peer::{PeerConfig, PeerStats, PeerStatus, PresharedKey};

@@ -2,6 +2,14 @@
 //! `IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE`, so each worker thread reads its own queue.
 //! Adapter.
 //!
+//! With offloads (`IFF_VNET_HDR`), every packet read or written is preceded by a
+//! `virtio_net_hdr` (see `vnet`), and `TUNSETOFFLOAD` lets the kernel hand over TCP (and
+//! UDP) super-packets of up to 64 KiB with partial checksums; writes may be super-packets
+//! too, given as several buffers in one `writev`. Without offloads the queue carries
+//! plain IP packets, and the offload flags are cleared explicitly: a persistent interface
+//! may still have those a previous process set, and would then hand over super-packets
+//! with no header to describe them.
+//!
 //! By default the interface lives as long as its queues are open: when the process
 //! exits, it goes away. A persistent interface (TUNSETPERSIST) outlives the process, with
 //! its addresses and routes; packets routed to it meanwhile are dropped by the kernel,
@@ -16,6 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::error::TunError;
+use super::vnet::VNET_HDR_LEN;
 
 const TUN_PATH: &str = "/dev/net/tun";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -23,6 +32,9 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 
 /// `struct ifreq`: a name and a 24-byte union (flags, MTU or index, all at offset 0).
 #[repr(C)]
@@ -100,6 +112,19 @@ impl TunQueue {
         }
     }
 
+    /// Writes one packet given in pieces (a virtio_net_hdr and head, then payloads).
+    #[inline]
+    pub fn write_vectored(&self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = parts.len().min(libc::c_int::MAX as usize) as libc::c_int;
+        // SAFETY: IoSlice is ABI-compatible with iovec, and every slice is valid for reads.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), parts.as_ptr().cast(), n) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -113,6 +138,7 @@ pub struct Tun {
     index: libc::c_int,
     queues: Vec<TunQueue>,
     control: OwnedFd,
+    vnet_hdr: bool,
 }
 
 /// Checks what the kernel's `dev_valid_name` checks, and refuses `%` templates so the
@@ -135,8 +161,14 @@ pub fn validate_name(name: &str) -> Result<(), TunError> {
 impl Tun {
     /// Creates interface `name` with `queues` queues (at least one), or attaches new
     /// queues to an existing persistent multi-queue TUN of that name. With `persist`,
-    /// the interface stays when the queues close.
-    pub fn create(name: &str, queues: usize, persist: bool) -> Result<Tun, TunError> {
+    /// the interface stays when the queues close. With `vnet_hdr`, packets carry a
+    /// virtio_net_hdr (offloads are then set with [`Tun::set_offload`]).
+    pub fn create(
+        name: &str,
+        queues: usize,
+        persist: bool,
+        vnet_hdr: bool,
+    ) -> Result<Tun, TunError> {
         validate_name(name)?;
         let io_err = |op, source| TunError::Io {
             name: name.to_string(),
@@ -156,7 +188,8 @@ impl Tun {
                     source,
                 })?;
             let mut req = IfReq::new(&actual);
-            req.set_short(IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE);
+            let vnet = if vnet_hdr { IFF_VNET_HDR } else { 0 };
+            req.set_short(IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | vnet);
             ioctl(file.as_raw_fd(), TUNSETIFF, &mut req).map_err(|source| TunError::Create {
                 name: name.to_string(),
                 source,
@@ -169,6 +202,22 @@ impl Tun {
                 };
                 if r < 0 {
                     return Err(io_err("TUNSETPERSIST", io::Error::last_os_error()));
+                }
+            }
+            if vnet_hdr && opened.is_empty() {
+                // The header size is the device's, and may have been changed by another
+                // process on a persistent interface: ask for the 10-byte header.
+                let size = VNET_HDR_LEN as libc::c_int;
+                // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
+                let r = unsafe {
+                    libc::ioctl(
+                        file.as_raw_fd(),
+                        TUNSETVNETHDRSZ as _,
+                        &size as *const libc::c_int,
+                    )
+                };
+                if r < 0 {
+                    return Err(io_err("TUNSETVNETHDRSZ", io::Error::last_os_error()));
                 }
             }
             opened.push(TunQueue { fd: file.into() });
@@ -189,7 +238,29 @@ impl Tun {
             index: req.int(),
             queues: opened,
             control,
+            vnet_hdr,
         })
+    }
+
+    /// True when packets carry a virtio_net_hdr.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// TUNSETOFFLOAD: which offloads (`TUN_F_*`) the kernel may use towards this
+    /// interface. Device-wide; 0 clears them.
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
+        let q = self
+            .queues
+            .first()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: TUNSETOFFLOAD takes an integer argument, not a pointer.
+        let r = unsafe { libc::ioctl(q.raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -3,6 +3,11 @@
 //!
 //! Sockets stay blocking so a full send buffer pushes back on the sender instead of
 //! dropping; receives use `MSG_DONTWAIT` and the loop waits in `poll` when idle.
+//!
+//! Offloads, per socket and only when asked for: `UDP_GRO` is switched on (the kernel
+//! then hands a run of datagrams from one sender over as one buffer), and `UDP_SEGMENT`
+//! support is probed (a run of equal-sized datagrams goes out in one send). GSO can be
+//! switched off later, when a send shows the route cannot do it (`EIO`).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -13,6 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::error::DeviceError;
+use super::offloads::Offloads;
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
 
 /// Socket buffers big enough for bursts at a few Gbit/s (the default is ~200 KiB).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -21,11 +31,19 @@ const RANDOM_PORT_ATTEMPTS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    V4,
-    V6,
+    V4 = 0,
+    V6 = 1,
 }
 
 impl Family {
+    pub fn of(addr: &SocketAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::V4 => "udp4",
@@ -42,11 +60,28 @@ pub struct UdpSockets {
     v6: Option<Socket>,
     port: u16,
     closed: AtomicBool,
+    /// UDP GSO usable, per family (v4, v6).
+    gso: [AtomicBool; 2],
+    /// UDP GRO on, per family.
+    gro: [bool; 2],
 }
 
 impl UdpSockets {
-    /// Binds `port` in both families (0 = any port free in both).
-    pub fn bind(port: u16, fwmark: u32) -> Result<UdpSockets, DeviceError> {
+    /// Binds `port` in both families (0 = any port free in both), with the UDP offloads
+    /// of `offloads` the kernel has.
+    pub fn bind(port: u16, fwmark: u32, offloads: Offloads) -> Result<UdpSockets, DeviceError> {
+        let mut s = Self::bind_port(port, fwmark)?;
+        for (i, socket) in [&s.v4, &s.v6].into_iter().enumerate() {
+            if let Some(socket) = socket {
+                let gso = offloads.udp_gso && probe_gso(socket);
+                s.gso[i].store(gso, Ordering::Relaxed);
+                s.gro[i] = offloads.udp_gro && enable_gro(socket);
+            }
+        }
+        Ok(s)
+    }
+
+    fn bind_port(port: u16, fwmark: u32) -> Result<UdpSockets, DeviceError> {
         if port != 0 {
             return Self::bind_exact(port, fwmark);
         }
@@ -102,6 +137,8 @@ impl UdpSockets {
             v6,
             port,
             closed: AtomicBool::new(false),
+            gso: [AtomicBool::new(false), AtomicBool::new(false)],
+            gro: [false, false],
         };
         if fwmark != 0 {
             s.set_fwmark(fwmark)?;
@@ -118,6 +155,23 @@ impl UdpSockets {
             Family::V4 => self.v4.as_ref(),
             Family::V6 => self.v6.as_ref(),
         }
+    }
+
+    /// True while UDP GSO is usable on the family's socket.
+    #[inline]
+    pub fn gso(&self, family: Family) -> bool {
+        self.gso[family as usize].load(Ordering::Relaxed)
+    }
+
+    /// Stops using UDP GSO on the family's socket (a send failed with `EIO`: the route's
+    /// device cannot checksum or segment). Returns true the first time.
+    pub fn disable_gso(&self, family: Family) -> bool {
+        self.gso[family as usize].swap(false, Ordering::Relaxed)
+    }
+
+    /// True when UDP GRO is on for the family's socket.
+    pub fn gro(&self, family: Family) -> bool {
+        self.gro[family as usize]
     }
 
     pub fn families(&self) -> Vec<Family> {
@@ -234,6 +288,39 @@ fn set_buffers(s: &Socket) {
             }
         }
     }
+}
+
+/// True if the kernel knows UDP_SEGMENT (Linux 4.18+): reading it succeeds.
+fn probe_gso(s: &Socket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0
+}
+
+/// Switches UDP_GRO on (Linux 5.0+); false if the kernel refuses.
+fn enable_gro(s: &Socket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
 }
 
 fn local_port(s: &Socket) -> Result<u16, DeviceError> {

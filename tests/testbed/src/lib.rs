@@ -28,6 +28,7 @@
 
 pub mod addressing;
 mod agent;
+pub mod bench;
 pub mod capture;
 pub mod cni;
 mod exec;

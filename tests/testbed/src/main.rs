@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use wgmesh_testbed::addressing::MAX_NODES;
+use wgmesh_testbed::bench::{self, DataPlane};
 use wgmesh_testbed::{Pod, Testbed};
 
 /// `println!` that ignores a closed stdout (`... | head`): a panic there would still
@@ -57,6 +58,18 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Pod-to-pod benchmark (for hack/bench-wireguard.sh): for each data plane, a fresh
+    /// 2-node cluster with a pod per node, the idle ping RTT and one iperf3 TCP stream;
+    /// prints one JSON object per data plane.
+    Bench {
+        /// Seconds of iperf3.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Data planes, in order: agent (the agents' own), wireguard-go, wgmesh-wg (each
+        /// put in place of the agents on the same nodes).
+        #[arg(long, value_delimiter = ',', default_value = "agent,wireguard-go")]
+        data_planes: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +97,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Up { nodes, pods, keep } => up(nodes as usize, pods, keep),
         Command::Demo { keep } => return run_demo(keep),
+        Command::Bench {
+            seconds,
+            data_planes,
+        } => return bench(seconds, &data_planes),
     }
     ExitCode::SUCCESS
 }
@@ -121,6 +138,26 @@ fn run_demo(keep: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn bench(seconds: u32, names: &[String]) -> ExitCode {
+    let mut planes = Vec::new();
+    for name in names {
+        match DataPlane::parse(name) {
+            Some(p) => planes.push(p),
+            None => {
+                eprintln!("unknown data plane {name:?} (agent, wireguard-go, wgmesh-wg)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for plane in planes {
+        if STOP.load(Ordering::SeqCst) {
+            return ExitCode::FAILURE;
+        }
+        say!("{}", bench::measure(plane, seconds).to_json());
+    }
+    ExitCode::SUCCESS
 }
 
 /// Set by SIGINT or SIGTERM.
