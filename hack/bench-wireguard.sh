@@ -26,6 +26,8 @@
 #   pod-wgmesh-wg (default: all but pod-wgmesh-wg)
 #   RUNS (default 1): rounds over all implementations, interleaved; medians are shown.
 #   WGMESH_OFFLOADS=off in the environment is passed on to wgmesh-wg (not to the agents).
+#   PERF_DIR: also record a system-wide profile (perf record -a -g, cpu-clock) of the
+#   middle of each point-to-point transfer of the first round into PERF_DIR/IMPL.data.
 #   BIN_DIR: use the binaries there (wgmesh, wgmesh-wg, wgmesh-cni, test-apiserver,
 #   wgmesh-testbed) instead of building; e.g. a copy of an earlier build, for "before".
 
@@ -166,9 +168,17 @@ measure() {
 	sleep 0.3
 	for _ in $(seq 20); do ip netns exec "$NS_A" ping -c 1 -W 1 "$target" >/dev/null 2>&1 && break; done
 	rtt=$(median_rtt "$target")
+	local perf=""
+	if [[ -n ${PERF_DIR:-} && $round == 1 ]]; then
+		mkdir -p "$PERF_DIR"
+		(sleep 1; perf record -q -a -g -e cpu-clock -F 999 -o "$PERF_DIR/$impl.data" \
+			-- sleep $((DURATION > 3 ? DURATION - 2 : 1)) >/dev/null 2>&1) &
+		perf=$!
+	fi
 	t0=$(cpu_ticks "$@")
 	json=$(ip netns exec "$NS_A" iperf3 -c "$target" -t "$DURATION" -J 2>/dev/null || true)
 	t1=$(cpu_ticks "$@")
+	[[ -z $perf ]] || wait "$perf" 2>/dev/null || true
 	wait "$server" 2>/dev/null || true
 	python3 -c 'import json,sys
 hz, t0, t1, rtt = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

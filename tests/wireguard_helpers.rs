@@ -107,6 +107,11 @@ pub struct Node {
 
 impl Node {
     pub fn start(imp: Impl, ns: &TestNs) -> Node {
+        Node::start_with_env(imp, ns, &[])
+    }
+
+    /// Starts with extra environment variables (e.g. `WGMESH_OFFLOADS`).
+    pub fn start_with_env(imp: Impl, ns: &TestNs, env: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let ifname = unique_name("wg");
         let log = dir.path().join("stderr.log");
@@ -119,6 +124,7 @@ impl Node {
             .env("RUST_LOG", "info")
             .env("LOG_LEVEL", "error")
             .env("WG_PROCESS_FOREGROUND", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
@@ -226,9 +232,14 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(ia: Impl, ib: Impl) -> Pair {
+        Pair::with_env((ia, &[]), (ib, &[]))
+    }
+
+    /// Like [`Pair::new`], each side started with its own extra environment.
+    pub fn with_env(a: (Impl, &[(&str, &str)]), b: (Impl, &[(&str, &str)])) -> Pair {
         let under = Underlay::new();
-        let a = Node::start(ia, &under.a);
-        let b = Node::start(ib, &under.b);
+        let a = Node::start_with_env(a.0, &under.a, a.1);
+        let b = Node::start_with_env(b.0, &under.b, b.1);
         configure(
             &a,
             &under.a,
