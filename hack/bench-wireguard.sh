@@ -259,3 +259,22 @@ each = "/".join("%.0f" % x for x in mbits)
 print("%-17s %9.0f %20s %9s %11s %9.3f %9s" % (impl, v, each, ratio(v, w), cpu_gb, r, ratio(r, rw)))
 EOF
 done
+
+# Where the CPU went in each profile (system-wide, both ends and iperf3): kernel vs user
+# space, ChaCha20-Poly1305, payload copies, idle. Full reports: perf report -i FILE.
+if [[ -n ${PERF_DIR:-} ]] && command -v perf >/dev/null; then
+	echo
+	echo "profiles in $PERF_DIR (% of samples):"
+	for data in "$PERF_DIR"/*.data; do
+		[[ -e $data ]] || continue
+		perf report -i "$data" --no-children --sort sym --stdio -g none 2>/dev/null |
+			awk -v name="$(basename "$data" .data)" '
+			/^#/ || !/%/ { next }
+			{ p = $1; sub("%", "", p)
+			  if ($2 == "[k]") k += p; else u += p
+			  if ($0 ~ /chacha|poly1305/) c += p
+			  if ($0 ~ /copy_(to|from)_iter|memmove|memcpy/) cp += p
+			  if ($0 ~ /safe_halt|cpu_idle|intel_idle/) idle += p }
+			END { printf "  %-17s kernel %5.1f  user %5.1f  crypto %5.1f  copies %5.1f  idle %5.1f\n", name, k, u, c, cp, idle }'
+	done
+fi

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   iproute2 iputils-ping procps util-linux   # ip, ping, sysctl, nsenter
   nftables iptables                          # packet filtering (portmap uses iptables)
-  tcpdump iperf3 curl graphviz               # captures, throughput, `wgmesh graph` rendering
+  tcpdump iperf3 curl graphviz ethtool       # captures, throughput, `wgmesh graph` rendering, offloads
   wireguard-tools wireguard-go               # wg, wg-quick, the reference userspace WireGuard
   containernetworking-plugins                # reference bridge, host-local, portmap in /usr/lib/cni
   podman runc busybox-static                 # a real CNI runtime and a tiny static rootfs

@@ -174,6 +174,17 @@ fn tun_vnet_hdr(node: &Node, ns: &TestNs) -> bool {
     flags & 0x4000 != 0
 }
 
+/// A feature of a link as `ethtool -k` shows it (on or off).
+fn feature(ns: &TestNs, link: &str, name: &str) -> bool {
+    let out = ns.exec("ethtool", ["-k", link]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{name}:");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in ethtool -k {link}: {text}"))
+        .contains(": on")
+}
+
 fn offloads_log_line(node: &Node) -> String {
     wait_until(Duration::from_secs(5), "the offloads log line", || {
         node.logs()
@@ -188,6 +199,11 @@ fn datagrams_of_every_size_pass_between_wgmesh_wg_with_offloads() {
     require_root!();
     let pair = Pair::new(Impl::WgmeshWg, Impl::WgmeshWg);
     assert!(tun_vnet_hdr(&pair.a, &pair.under.a));
+    assert!(feature(
+        &pair.under.a,
+        &pair.a.ifname,
+        "tcp-segmentation-offload"
+    ));
     assert!(offloads_log_line(&pair.a).contains("offloads on"));
     assert_every_size_passes(&pair);
 }
@@ -206,8 +222,13 @@ fn offloads_forced_off_fall_back_to_plain_packets_and_interoperate_with_offloads
     let pair = Pair::with_env((Impl::WgmeshWg, &off), (Impl::WgmeshWg, &[]));
     let line = offloads_log_line(&pair.a);
     assert!(line.contains("offloads off"), "{line}");
-    // The kernel agrees: plain packets, no virtio_net_hdr on the TUN.
+    // The kernel agrees: plain packets, no virtio_net_hdr, no TSO towards the TUN.
     assert!(!tun_vnet_hdr(&pair.a, &pair.under.a));
+    assert!(!feature(
+        &pair.under.a,
+        &pair.a.ifname,
+        "tcp-segmentation-offload"
+    ));
     assert!(tun_vnet_hdr(&pair.b, &pair.under.b));
     both_ways(&pair, 32 * MB);
     assert_every_size_passes(&pair);

@@ -190,9 +190,16 @@ mod tests {
     const B: &str = "192.0.2.2:51820";
     const V6: &str = "[2001:db8::1]:51820";
 
+    /// (name, datagrams as (length, endpoint), messages as (first, count, segment size))
+    type Case = (
+        &'static str,
+        Vec<(usize, &'static str)>,
+        Vec<(usize, usize, usize)>,
+    );
+
     #[test]
     fn messages_follow_runs_of_equal_size_to_one_endpoint() {
-        let cases: Vec<(&str, Vec<(usize, &str)>, Vec<(usize, usize, usize)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("empty", vec![], vec![]),
             ("one", vec![(100, A)], vec![(0, 1, 0)]),
             ("equal run", vec![(1452, A); 3], vec![(0, 3, 1452)]),

@@ -28,7 +28,7 @@ impl Sum {
     }
 
     /// Adds another partial sum.
-    pub fn add(self, other: Sum) -> Sum {
+    pub fn plus(self, other: Sum) -> Sum {
         Sum(u32::from(fold(u64::from(self.0) + u64::from(other.0))))
     }
 }
@@ -68,7 +68,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// the part that is the same for every segment of a packet. `src` and `dst` are both
 /// 4 or both 16 bytes.
 pub fn pseudo_header(src: &[u8], dst: &[u8], protocol: u8) -> Sum {
-    sum(src).add(sum(dst)).add_u16(u16::from(protocol))
+    sum(src).plus(sum(dst)).add_u16(u16::from(protocol))
 }
 
 /// A transport checksum ready to store: never 0, since 0 means "no checksum" to UDP and
@@ -151,7 +151,7 @@ mod tests {
         ) {
             let cut = (cut * 2).min(data.len() & !1);
             let (a, b) = data.split_at(cut);
-            prop_assert_eq!(sum(a).add(sum(b)).checksum(), reference(&data));
+            prop_assert_eq!(sum(a).plus(sum(b)).checksum(), reference(&data));
         }
     }
 }

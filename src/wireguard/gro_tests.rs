@@ -76,12 +76,14 @@ fn with(spec: &Spec, f: impl FnOnce(&mut Spec)) -> Spec {
     s
 }
 
+type Packets = Vec<Vec<u8>>;
+
 #[test]
 fn coalescing_table() {
     let s4 = Spec::tcp4();
     let s6 = Spec::tcp6();
     let other_flow = with(&s4, |s| s.src_port = 40001);
-    let cases: Vec<(&str, Vec<Vec<u8>>, Vec<usize>)> = vec![
+    let cases: Vec<(&str, Packets, Vec<usize>)> = vec![
         // (name, packets in, packets per write out)
         (
             "one flow, full segments",

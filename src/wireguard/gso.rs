@@ -48,7 +48,7 @@ pub fn complete_checksum(hdr: &VnetHdr, packet: &mut [u8]) -> Result<(), GsoErro
     }
     let partial = Sum::default().add_u16(u16::from_be_bytes([packet[at], packet[at + 1]]));
     packet[at..at + 2].fill(0);
-    let c = checksum::transport_checksum(partial.add(checksum::sum(&packet[start..])));
+    let c = checksum::transport_checksum(partial.plus(checksum::sum(&packet[start..])));
     packet[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
@@ -234,7 +234,7 @@ impl<'p> Segmenter<'p> {
         let s = self
             .pseudo
             .add_u16(l4_len as u16)
-            .add(checksum::sum(&out[l4..total]));
+            .plus(checksum::sum(&out[l4..total]));
         put16(out, csum_at, checksum::transport_checksum(s));
         self.next = end;
         self.index += 1;

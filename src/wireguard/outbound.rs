@@ -92,10 +92,11 @@ pub(crate) fn tun_loop(shared: Arc<Shared>, queue: usize) {
             }
         }
         ob.batch.flush(&shared, &view.snap.sockets);
-        if empty && let Err(e) = wait_readable(q.raw_fd(), &shared.stop) {
-            if !read_error(&shared, e) {
-                return;
-            }
+        if empty
+            && let Err(e) = wait_readable(q.raw_fd(), &shared.stop)
+            && !read_error(&shared, e)
+        {
+            return;
         }
     }
 }

@@ -119,7 +119,7 @@ impl Spec {
         }
         p[ip + l4..].copy_from_slice(payload);
         let at = ip + if self.proto == TCP { 16 } else { 6 };
-        let c = checksum::transport_checksum(pseudo(&p, self.proto).add(checksum::sum(&p[ip..])));
+        let c = checksum::transport_checksum(pseudo(&p, self.proto).plus(checksum::sum(&p[ip..])));
         p[at..at + 2].copy_from_slice(&c.to_be_bytes());
         p
     }
@@ -140,7 +140,7 @@ pub fn checksums_ok(p: &[u8]) -> bool {
     if !v6 && checksum::checksum(&p[..20]) != 0 {
         return false;
     }
-    pseudo(p, proto).add(checksum::sum(&p[ip..])).checksum() == 0
+    pseudo(p, proto).plus(checksum::sum(&p[ip..])).checksum() == 0
 }
 
 /// The pseudo-header sum for the whole of `p`, as a partial checksum field holds it.
