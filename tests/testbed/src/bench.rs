@@ -219,7 +219,7 @@ fn wait_for_ping(from: &Pod, to: Ipv4Addr) {
 }
 
 /// The median of `count` pings (`time=` of each reply).
-fn median_rtt(from: &Pod, to: Ipv4Addr, count: u32) -> f64 {
+pub fn median_rtt(from: &Pod, to: Ipv4Addr, count: u32) -> f64 {
     let out = from.exec_ok(&[
         "ping",
         "-n",
@@ -239,7 +239,7 @@ fn median_rtt(from: &Pod, to: Ipv4Addr, count: u32) -> f64 {
 }
 
 /// One TCP stream from `a` to `b` for `seconds`: (Mbit/s, bytes) as the receiver saw them.
-fn iperf3(a: &Pod, b: &Pod, seconds: u32) -> (f64, u64) {
+pub fn iperf3(a: &Pod, b: &Pod, seconds: u32) -> (f64, u64) {
     let ip = b.ip().to_string();
     let mut server = b.command("iperf3");
     server

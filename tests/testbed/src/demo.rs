@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use wgmesh_testbed::{Pod, Testbed, transfer};
+use wgmesh_testbed::{Pod, Testbed, bench, transfer};
 
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -170,5 +170,20 @@ pub fn run(tb: &Testbed, pods: &[Vec<Pod>]) -> Result<(), String> {
     ]);
     show(&status);
     check(status.lines().count() == 4, "3 nodes listed")?;
+
+    step(
+        8,
+        "Throughput and latency between pods on two nodes, through the encrypted mesh",
+    );
+    let (from, to) = (&pods[0][0], &pods[1][0]);
+    let rtt = bench::median_rtt(from, to.ip(), 20);
+    let (mbits, bytes) = bench::iperf3(from, to, 3);
+    say!(
+        "   {} -> {}: one TCP stream (iperf3, 3 s) {mbits:.0} Mbit/s, {} MB; median ping {rtt:.3} ms",
+        from.name(),
+        to.name(),
+        bytes / 1_000_000
+    );
+    check(bytes > 0, "data crossed the mesh")?;
     Ok(())
 }
