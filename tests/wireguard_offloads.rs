@@ -271,3 +271,58 @@ fn an_invalid_offloads_value_is_reported_and_means_all() {
     );
     assert!(tun_vnet_hdr(&pair.a, &pair.under.a));
 }
+
+#[test]
+fn an_underlay_mtu_below_the_tunnel_packets_fragments_them_instead_of_dropping_gso_runs() {
+    require_root!();
+    let pair = Pair::new(Impl::WgmeshWg, Impl::WgmeshWg);
+    // The tunnel MTU (1420) makes 1480-byte UDP packets; an underlay of 1400 (a
+    // misconfigured MTU, or a PMTU exception after an ICMP "fragmentation needed") cannot
+    // carry them whole. The kernel refuses a GSO run to such an endpoint (EMSGSIZE) but
+    // fragments single datagrams, as it did before GSO.
+    for (ns, veth) in [
+        (&pair.under.a, &pair.under.veth_a),
+        (&pair.under.b, &pair.under.veth_b),
+    ] {
+        ns.ip(["link", "set", veth, "mtu", "1400"]);
+    }
+    both_ways(&pair, 16 * MB);
+    assert_every_size_passes(&pair);
+}
+
+#[test]
+fn a_persistent_interface_is_left_without_offloads_when_its_device_stops() {
+    require_root!();
+    let ns = TestNs::new("wgpo");
+    let ifname = wgmesh_testkit::unique_name("wgp");
+    let start = |offloads| {
+        wgmesh::netlink::NetNs::open(ns.path())
+            .expect("netns")
+            .run(|| {
+                let mut cfg = wgmesh::wireguard::DeviceConfig::new(ifname.clone());
+                cfg.persist = true;
+                cfg.offloads = offloads;
+                wgmesh::wireguard::Device::start(cfg)
+            })
+            .expect("thread")
+            .expect("device")
+    };
+    let tso = || feature(&ns, &ifname, "tcp-segmentation-offload");
+
+    let device = start(wgmesh::wireguard::Offloads::ALL);
+    assert!(tso(), "offloads negotiated");
+    drop(device);
+    // The interface stays (the agent's restart relies on it), its offloads do not: a
+    // process attaching without a virtio_net_hdr must not be handed super-packets.
+    assert!(link_exists(&ns, &ifname));
+    assert!(!tso());
+
+    // The next device negotiates them again, or runs without.
+    let device = start(wgmesh::wireguard::Offloads::ALL);
+    assert!(tso());
+    drop(device);
+    let device = start(wgmesh::wireguard::Offloads::NONE);
+    assert!(!tso());
+    drop(device);
+    ns.ip(["link", "del", &ifname]);
+}

@@ -119,13 +119,11 @@ impl Device {
         })?;
         let want = config.offloads;
         let tun = Tun::create(&config.name, queues, config.persist, want.tun)?;
+        // Without TUN offloads, Tun::create already cleared what a previous process may
+        // have set on a persistent interface.
         let tun_offloads = if want.tun {
             negotiate_tun(|flags| tun.set_offload(flags))
         } else {
-            // Clear what a previous process may have set on a persistent interface.
-            if let Err(e) = tun.set_offload(0) {
-                tracing::debug!(error = %e, "clearing TUN offloads failed");
-            }
             TunGrant {
                 flags: 0,
                 refused: Vec::new(),
@@ -362,6 +360,15 @@ impl Closer {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        // A persistent interface outlives us: leave it without offloads, so that
+        // whatever attaches next (an older version, another tool) without a
+        // virtio_net_hdr is not handed super-packets.
+        let tun = &self.inner.shared.tun;
+        if tun.vnet_hdr()
+            && let Err(e) = tun.set_offload(0)
+        {
+            tracing::debug!(device = tun.name(), error = %e, "clearing TUN offloads failed");
+        }
         self.inner.shared.close(CloseReason::Requested);
         // The UAPI server goes first so the socket disappears before the interface.
         drop(lock(&self.uapi).take());

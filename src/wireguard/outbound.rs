@@ -136,7 +136,7 @@ impl Outbound {
             return shared.drop_packet(DropReason::NoRoute);
         };
         let mtu = shared.mtu.load(Ordering::Relaxed);
-        if hdr.gso_type == GSO_NONE {
+        if hdr.gso_kind() == GSO_NONE {
             let packet = &mut read[start..n];
             if hdr.needs_csum() && complete_checksum(&hdr, packet).is_err() {
                 return shared.drop_packet(DropReason::Malformed);
@@ -242,10 +242,14 @@ struct Sender<'a> {
 impl Sender<'_> {
     /// The first message of a `sendmmsg` failed with `e`. A GSO message refused with
     /// `EIO` means the route cannot do UDP GSO: stop using it and send the datagrams one
-    /// by one. Anything else drops the message's datagrams.
+    /// by one. With `EMSGSIZE` (`EINVAL` before Linux 6.x) a segment is larger than the
+    /// path MTU to that endpoint: the kernel fragments single datagrams but not GSO runs,
+    /// so send these one by one and keep GSO for the rest. Anything else drops the
+    /// message's datagrams.
     fn failed(&self, send: &mut SendBatch, tx: &TxBatch, m: &Message, e: io::Error) {
-        if m.segment > 0 && e.raw_os_error() == Some(libc::EIO) {
-            if self.sockets.disable_gso(self.family) {
+        let errno = e.raw_os_error();
+        if m.segment > 0 && matches!(errno, Some(libc::EIO | libc::EMSGSIZE | libc::EINVAL)) {
+            if errno == Some(libc::EIO) && self.sockets.disable_gso(self.family) {
                 tracing::warn!(
                     device = self.shared.tun.name(),
                     family = self.family.name(),

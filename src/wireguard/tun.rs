@@ -195,6 +195,14 @@ impl Tun {
                 source,
             })?;
             actual = req.name();
+            if !vnet_hdr && opened.is_empty() {
+                // A persistent interface keeps the offloads a previous process set: clear
+                // them before any packet can come, or the kernel would hand this header-less
+                // queue super-packets.
+                if let Err(e) = set_offload(file.as_raw_fd(), 0) {
+                    tracing::debug!(error = %e, "clearing TUN offloads failed");
+                }
+            }
             if persist && opened.is_empty() {
                 // SAFETY: TUNSETPERSIST takes an integer argument, not a pointer.
                 let r = unsafe {
@@ -254,13 +262,7 @@ impl Tun {
             .queues
             .first()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-        // SAFETY: TUNSETOFFLOAD takes an integer argument, not a pointer.
-        let r = unsafe { libc::ioctl(q.raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        set_offload(q.raw_fd(), flags)
     }
 
     pub fn name(&self) -> &str {
@@ -308,6 +310,17 @@ impl Tun {
 /// True for the errors a queue returns once its interface was deleted.
 pub fn is_gone(e: &io::Error) -> bool {
     super::sys::errno_is(e, &[libc::EBADFD, libc::ENXIO, libc::ENODEV])
+}
+
+/// TUNSETOFFLOAD on one queue's descriptor (the setting is the device's).
+fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes an integer argument, not a pointer.
+    let r = unsafe { libc::ioctl(fd, TUNSETOFFLOAD as _, flags as libc::c_ulong) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
