@@ -247,6 +247,8 @@ async fn a_restarted_agent_keeps_its_identity_and_a_bad_key_file_stops_it_with_a
             .cloned()
     })
     .await;
+    // The plan is saved after the annotation is published: stop only once it is.
+    wgmesh_testkit::wait_until(WAIT, "the saved mesh", || agent.mesh());
     agent.stop();
     agent.spawn(&server, &[]);
     wgmesh_testkit::wait_until(WAIT, "the restarted agent to apply its saved mesh", || {

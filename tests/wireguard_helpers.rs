@@ -276,6 +276,14 @@ impl Pair {
     }
 }
 
+/// A hashed TCP transfer of `bytes` from A to B, then from B to A.
+pub fn both_ways(pair: &Pair, bytes: usize) {
+    let t = Transfer::start(&pair.under.a, &pair.under.b, B_INNER, bytes, 0);
+    assert_eq!(t.finish(Duration::from_secs(120)), bytes);
+    let t = Transfer::start(&pair.under.b, &pair.under.a, A_INNER, bytes, 0);
+    assert_eq!(t.finish(Duration::from_secs(120)), bytes);
+}
+
 /// Gives `node` its key and port, one peer, and its tunnel address.
 pub fn configure(
     node: &Node,

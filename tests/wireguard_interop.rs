@@ -12,13 +12,6 @@ use wgmesh_testkit::{Proc, TestNs, require_root, wait_until};
 
 const MB: usize = 1 << 20;
 
-fn both_ways(pair: &Pair, bytes: usize) {
-    let t = Transfer::start(&pair.under.a, &pair.under.b, B_INNER, bytes, 0);
-    assert_eq!(t.finish(Duration::from_secs(120)), bytes);
-    let t = Transfer::start(&pair.under.b, &pair.under.a, A_INNER, bytes, 0);
-    assert_eq!(t.finish(Duration::from_secs(120)), bytes);
-}
-
 #[test]
 fn wgmesh_wg_and_wgmesh_wg_ping_and_carry_50_mb_both_ways_intact() {
     require_root!();

@@ -158,13 +158,6 @@ fn assert_every_size_passes(pair: &Pair) {
     }
 }
 
-fn both_ways(pair: &Pair, bytes: usize) {
-    let t = Transfer::start(&pair.under.a, &pair.under.b, B_INNER, bytes, 0);
-    assert_eq!(t.finish(Duration::from_secs(120)), bytes);
-    let t = Transfer::start(&pair.under.b, &pair.under.a, A_INNER, bytes, 0);
-    assert_eq!(t.finish(Duration::from_secs(120)), bytes);
-}
-
 /// The TUN's flags as the kernel has them (IFF_VNET_HDR = 0x4000).
 fn tun_vnet_hdr(node: &Node, ns: &TestNs) -> bool {
     let out = ns.exec("cat", [format!("/sys/class/net/{}/tun_flags", node.ifname)]);
