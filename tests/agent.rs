@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::{Agent, WAIT, create_node, node};
+use support::{Agent, WAIT, create_node, create_nodes, node};
 use wgmesh::key::{PrivateKey, PublicKey};
 use wgmesh_testkit::apiserver::TestApiServer;
 use wgmesh_testkit::eventually;
@@ -38,17 +38,7 @@ async fn annotations(api: &Api<Node>, name: &str) -> BTreeMap<String, String> {
 async fn agents_publish_their_advertisements_and_compute_the_full_mesh() {
     let server = TestApiServer::start(&[]);
     let nodes: Api<Node> = Api::all(server.client().await);
-    for i in 1..=3 {
-        create_node(
-            &nodes,
-            &node(
-                &format!("n{i}"),
-                &format!("192.0.2.{i}"),
-                &format!("10.244.{i}.0/24"),
-            ),
-        )
-        .await;
-    }
+    create_nodes(&nodes, 3).await;
     let agents: Vec<Agent> = (1..=3)
         .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
         .collect();
@@ -140,17 +130,7 @@ async fn nodes_joining_leaving_and_misbehaving_change_everyone_s_mesh() {
     let server = TestApiServer::start(&[]);
     let client = server.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
-    for i in 1..=2 {
-        create_node(
-            &nodes,
-            &node(
-                &format!("n{i}"),
-                &format!("192.0.2.{i}"),
-                &format!("10.244.{i}.0/24"),
-            ),
-        )
-        .await;
-    }
+    create_nodes(&nodes, 2).await;
     let agents: Vec<Agent> = (1..=2)
         .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
         .collect();
@@ -295,17 +275,7 @@ async fn a_restarted_agent_keeps_its_identity_and_a_bad_key_file_stops_it_with_a
 async fn agents_reconnect_after_the_api_server_restarts_and_see_what_changed() {
     let mut server = TestApiServer::start(&[]);
     let nodes: Api<Node> = Api::all(server.client().await);
-    for i in 1..=2 {
-        create_node(
-            &nodes,
-            &node(
-                &format!("n{i}"),
-                &format!("192.0.2.{i}"),
-                &format!("10.244.{i}.0/24"),
-            ),
-        )
-        .await;
-    }
+    create_nodes(&nodes, 2).await;
     let agents: Vec<Agent> = (1..=2)
         .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
         .collect();
@@ -335,17 +305,7 @@ async fn agents_reconnect_after_the_api_server_restarts_and_see_what_changed() {
 async fn wgmesh_status_and_graph_show_the_mesh_from_the_api() {
     let server = TestApiServer::start(&[]);
     let nodes: Api<Node> = Api::all(server.client().await);
-    for i in 1..=2 {
-        create_node(
-            &nodes,
-            &node(
-                &format!("n{i}"),
-                &format!("192.0.2.{i}"),
-                &format!("10.244.{i}.0/24"),
-            ),
-        )
-        .await;
-    }
+    create_nodes(&nodes, 2).await;
     let mut bad = node("bad", "192.0.2.9", "10.244.9.0/24");
     bad.metadata.annotations = Some(BTreeMap::from([(
         "wgmesh.io/public-key".to_string(),
@@ -424,17 +384,7 @@ async fn wgmesh_status_and_graph_show_the_mesh_from_the_api() {
 async fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
     let server = TestApiServer::start(&[]);
     let nodes: Api<Node> = Api::all(server.client().await);
-    for i in 1..=2 {
-        create_node(
-            &nodes,
-            &node(
-                &format!("n{i}"),
-                &format!("192.0.2.{i}"),
-                &format!("10.244.{i}.0/24"),
-            ),
-        )
-        .await;
-    }
+    create_nodes(&nodes, 2).await;
     let a = Agent::start(
         &server,
         "n1",

@@ -1,6 +1,8 @@
 //! Writes to the agent's own Node: its advertisement annotations and the
 //! NetworkUnavailable condition. Patches touch only wgmesh's keys. Adapter.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -16,19 +18,7 @@ pub const FIELD_MANAGER: &str = "wgmesh";
 
 /// Merge-patches the three advertisement annotations onto `node`; nothing else changes.
 pub async fn advertisement(api: &Api<Node>, node: &str, ad: &Advertisement) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": ad.annotations()}});
-    api.patch(
-        node,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(drop)
-    .map_err(|source| Error::Api {
-        op: "patch annotations of node",
-        target: node.to_string(),
-        source,
-    })
+    patch_annotations(api, node, &ad.annotations(), "patch annotations of node").await
 }
 
 /// Sets NetworkUnavailable=False (reason WgmeshReady) on the node's status. A strategic
@@ -59,8 +49,18 @@ pub async fn network_ready(api: &Api<Node>, node: &str) -> Result<(), Error> {
 
 /// Asks the node's agent to rotate its key: a new value of `wgmesh.io/rotate-key`.
 pub async fn request_rotation(api: &Api<Node>, node: &str, request: &str) -> Result<(), Error> {
-    let patch =
-        json!({"metadata": {"annotations": {crate::model::annotation::ROTATE_KEY: request}}});
+    let annotations = BTreeMap::from([(crate::model::annotation::ROTATE_KEY, request)]);
+    patch_annotations(api, node, &annotations, "request key rotation of node").await
+}
+
+/// Merge-patches `annotations` (a map) onto the node's; nothing else changes.
+async fn patch_annotations(
+    api: &Api<Node>,
+    node: &str,
+    annotations: &impl serde::Serialize,
+    op: &'static str,
+) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": annotations}});
     api.patch(
         node,
         &PatchParams::apply(FIELD_MANAGER),
@@ -69,7 +69,7 @@ pub async fn request_rotation(api: &Api<Node>, node: &str, request: &str) -> Res
     .await
     .map(drop)
     .map_err(|source| Error::Api {
-        op: "request key rotation of node",
+        op,
         target: node.to_string(),
         source,
     })

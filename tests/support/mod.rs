@@ -38,6 +38,18 @@ pub async fn create_node(api: &Api<Node>, n: &Node) {
         .expect("create node");
 }
 
+/// Nodes n1..=n`count`: InternalIP 192.0.2.i, pod CIDR 10.244.i.0/24.
+pub async fn create_nodes(api: &Api<Node>, count: u8) {
+    for i in 1..=count {
+        let n = node(
+            &format!("n{i}"),
+            &format!("192.0.2.{i}"),
+            &format!("10.244.{i}.0/24"),
+        );
+        create_node(api, &n).await;
+    }
+}
+
 /// One `wgmesh agent` process with its own state and CNI directories.
 pub struct Agent {
     pub name: String,

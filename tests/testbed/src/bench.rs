@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use wgmesh_testkit::Proc;
 
+use crate::Exec;
 use crate::exec;
 use crate::{Node, Pod, Testbed};
 

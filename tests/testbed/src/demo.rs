@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use wgmesh_testbed::{Pod, Testbed, bench, transfer};
+use wgmesh_testbed::{Exec, Pod, Testbed, bench, transfer};
 
 macro_rules! say {
     ($($arg:tt)*) => {{

@@ -36,6 +36,45 @@ pub fn in_node(holder_pid: u32, program: impl AsRef<OsStr>) -> Command {
     cmd
 }
 
+/// A place of the testbed that runs commands (a namespace, the router, a node, a pod):
+/// say how to run a program there, get the rest.
+pub trait Exec {
+    /// A command running `program` there.
+    fn command(&self, program: impl AsRef<OsStr>) -> Command;
+
+    /// What messages call the place.
+    fn place(&self) -> &str;
+
+    /// Runs `args` (program first) there; any exit status.
+    fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let (program, rest) = split(args, self.place());
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        output(cmd, None)
+    }
+
+    /// Runs `args` there and returns stdout; panics when it fails.
+    fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let (program, rest) = split(args, self.place());
+        let mut cmd = self.command(program);
+        cmd.args(rest);
+        output_ok(cmd, None)
+    }
+
+    /// Runs a `sh -c` script there; any exit status.
+    fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// True when `ping -c1 -W1 addr` from there gets an answer.
+    fn ping(&self, addr: impl std::fmt::Display) -> bool {
+        let addr = addr.to_string();
+        self.exec(&["ping", "-c", "1", "-W", "1", &addr])
+            .status
+            .success()
+    }
+}
+
 /// Splits `args` into program and arguments, for the `exec(&["ip", "addr"])` style.
 pub fn split<'a, S: AsRef<OsStr>>(args: &'a [S], what: &str) -> (&'a OsStr, &'a [S]) {
     match args.split_first() {

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use wgmesh_testkit::unique_name;
 
 pub use crate::capture::{Capture, Packet};
+pub use crate::exec::Exec;
 pub use crate::node::Node;
 pub use crate::pod::Pod;
 pub use crate::underlay::{Internet, Router};

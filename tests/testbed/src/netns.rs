@@ -3,9 +3,9 @@
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use crate::exec;
+use crate::exec::{self, Exec};
 
 #[derive(Debug)]
 pub struct NetNs {
@@ -32,27 +32,6 @@ impl NetNs {
     /// `/run/netns/<name>` in the host's mount namespace.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// A command running `program` in this namespace.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        exec::in_net(&self.path(), program)
-    }
-
-    /// Runs `args` (program first) in this namespace; any exit status.
-    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        let (program, rest) = exec::split(args, &self.name);
-        let mut cmd = self.command(program);
-        cmd.args(rest);
-        exec::output(cmd, None)
-    }
-
-    /// Runs `args` in this namespace and returns stdout; panics when it fails.
-    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        let (program, rest) = exec::split(args, &self.name);
-        let mut cmd = self.command(program);
-        cmd.args(rest);
-        exec::output_ok(cmd, None)
     }
 
     /// Runs `ip` commands (one per line, `ip -batch` syntax) in this namespace with one
@@ -84,6 +63,16 @@ impl NetNs {
             std::fs::write(&path, value.as_bytes())
                 .unwrap_or_else(|e| panic!("cannot set {what}: {e}"));
         });
+    }
+}
+
+impl Exec for NetNs {
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        exec::in_net(&self.path(), program)
+    }
+
+    fn place(&self) -> &str {
+        &self.name
     }
 }
 

@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::addressing::NodeAddresses;
 use crate::agent::Agent;
-use crate::exec;
+use crate::exec::{self, Exec};
 use crate::holder::Holder;
 use crate::netns::NetNs;
 use crate::pod::Pod;
@@ -134,40 +134,6 @@ impl Node {
     /// How a person gets a shell in the node (append a command, or get `$SHELL`).
     pub fn enter_command(&self) -> String {
         format!("nsenter --target {} --mount --net", self.holder.pid())
-    }
-
-    /// A command running `program` inside the node.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        self.holder.command(program)
-    }
-
-    /// Runs `args` (program first) inside the node; any exit status.
-    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        let (program, rest) = exec::split(args, &self.name);
-        let mut cmd = self.command(program);
-        cmd.args(rest);
-        exec::output(cmd, None)
-    }
-
-    /// Runs `args` inside the node and returns stdout; panics when it fails.
-    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        let (program, rest) = exec::split(args, &self.name);
-        let mut cmd = self.command(program);
-        cmd.args(rest);
-        exec::output_ok(cmd, None)
-    }
-
-    /// Runs a `sh -c` script inside the node; any exit status.
-    pub fn sh(&self, script: &str) -> Output {
-        self.exec(&["sh", "-c", script])
-    }
-
-    /// True when `ping -c1 -W1 addr` from the node itself gets an answer.
-    pub fn ping(&self, addr: impl std::fmt::Display) -> bool {
-        let addr = addr.to_string();
-        self.exec(&["ping", "-c", "1", "-W", "1", &addr])
-            .status
-            .success()
     }
 
     /// Puts a hand-made IPv4/UDP packet from `src` to `dst` on the node's underlay link,
@@ -293,5 +259,16 @@ impl Node {
                 exec::tail(&self.agent_log(), 40)
             )
         })
+    }
+}
+
+/// Commands inside the node: its network and mount namespaces.
+impl Exec for Node {
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        self.holder.command(program)
+    }
+
+    fn place(&self) -> &str {
+        &self.name
     }
 }

@@ -10,12 +10,12 @@
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::cni::{self, Invocation};
-use crate::exec;
+use crate::exec::{self, Exec};
 use crate::holder::Holder;
 use crate::node::Node;
 
@@ -169,9 +169,11 @@ impl Pod {
             name = self.name
         )
     }
+}
 
-    /// A command running `program` in the pod.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+/// Commands in the pod: the node's mount namespace, the pod's network namespace.
+impl Exec for Pod {
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.args(["--target", &self.holder_pid.to_string(), "--mount"])
             .arg(format!(
@@ -183,32 +185,7 @@ impl Pod {
         cmd
     }
 
-    /// Runs `args` (program first) in the pod; any exit status.
-    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        let (program, rest) = exec::split(args, &self.name);
-        let mut cmd = self.command(program);
-        cmd.args(rest);
-        exec::output(cmd, None)
-    }
-
-    /// Runs `args` in the pod and returns stdout; panics when it fails.
-    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        let (program, rest) = exec::split(args, &self.name);
-        let mut cmd = self.command(program);
-        cmd.args(rest);
-        exec::output_ok(cmd, None)
-    }
-
-    /// Runs a `sh -c` script in the pod; any exit status.
-    pub fn sh(&self, script: &str) -> Output {
-        self.exec(&["sh", "-c", script])
-    }
-
-    /// True when `ping -c1 -W1 addr` from the pod gets an answer.
-    pub fn ping(&self, addr: impl std::fmt::Display) -> bool {
-        let addr = addr.to_string();
-        self.exec(&["ping", "-c", "1", "-W", "1", &addr])
-            .status
-            .success()
+    fn place(&self) -> &str {
+        &self.name
     }
 }

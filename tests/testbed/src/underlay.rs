@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use wgmesh_testkit::Proc;
@@ -24,6 +24,7 @@ use crate::addressing::{
     INTERNET_ROUTER_IP, NODE_PREFIX_LEN, NodeAddresses,
 };
 use crate::capture::{self, Capture};
+use crate::exec::Exec;
 use crate::netns::NetNs;
 use crate::raw::Mac;
 use crate::whoami::WhoAmI;
@@ -174,21 +175,6 @@ impl Router {
         format!("nsenter --net={}", self.netns.path().display())
     }
 
-    /// A command running `program` on the router.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        self.netns.command(program)
-    }
-
-    /// Runs `args` (program first) on the router; any exit status.
-    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        self.netns.exec(args)
-    }
-
-    /// Runs `args` on the router and returns stdout; panics when it fails.
-    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        self.netns.exec_ok(args)
-    }
-
     /// The router's interfaces towards nodes, in slot order.
     pub fn node_links(&self) -> Vec<String> {
         self.node_links
@@ -284,21 +270,6 @@ impl Internet {
         format!("nsenter --net={}", self.netns.path().display())
     }
 
-    /// A command running `program` on the internet host.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        self.netns.command(program)
-    }
-
-    /// Runs `args` (program first) on the internet host; any exit status.
-    pub fn exec<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
-        self.netns.exec(args)
-    }
-
-    /// Runs `args` on the internet host and returns stdout; panics when it fails.
-    pub fn exec_ok<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
-        self.netns.exec_ok(args)
-    }
-
     /// Starts `args` in the background on the internet host; killed (that pid only) when
     /// the returned process is dropped.
     pub fn spawn<S: AsRef<OsStr>>(&self, args: &[S]) -> Proc {
@@ -314,5 +285,25 @@ impl Internet {
     /// `wget` segfaults, even on the host).
     pub fn start_whoami(&self, port: u16) -> WhoAmI {
         WhoAmI::start(&self.netns.path(), SocketAddr::from((INTERNET_IP, port)))
+    }
+}
+
+impl Exec for Router {
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        self.netns.command(program)
+    }
+
+    fn place(&self) -> &str {
+        self.netns.name()
+    }
+}
+
+impl Exec for Internet {
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        self.netns.command(program)
+    }
+
+    fn place(&self) -> &str {
+        self.netns.name()
     }
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use wgmesh_testbed::Testbed;
 use wgmesh_testbed::annotation;
 use wgmesh_testbed::node::{CONFLIST_PATH, PRIVATE_KEY_FILE, STATE_DIR};
+use wgmesh_testbed::{Exec, Testbed};
 use wgmesh_testkit::require_root;
 
 const WAIT: Duration = Duration::from_secs(30);

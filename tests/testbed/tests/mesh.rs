@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use wgmesh_testbed::capture::Capture;
-use wgmesh_testbed::{Pod, Testbed, transfer};
+use wgmesh_testbed::{Exec, Pod, Testbed, transfer};
 use wgmesh_testkit::{require_root, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -74,6 +74,21 @@ fn assert_only_wireguard_between_nodes(tb: &Testbed, capture: &Capture, payload_
         !capture.contains_bytes(payload_sample),
         "the transferred payload crossed the underlay in clear"
     );
+}
+
+/// The HTTP status code of the agent's telemetry endpoint `path` on `node` ("000" when
+/// nothing answers).
+fn http_code(node: &wgmesh_testbed::Node, path: &str) -> String {
+    let out = node.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:9474{path}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -205,17 +220,8 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
             pods[0][0].ping(pods[0][1].ip()),
             "same-node traffic does not need the mesh"
         );
-        let ready = node0.exec(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:9474/readyz",
-        ]);
         assert_eq!(
-            String::from_utf8_lossy(&ready.stdout),
+            http_code(node0, "/readyz"),
             "503",
             "/readyz while wgmesh0 is not ours"
         );
@@ -230,8 +236,7 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
         start.elapsed()
     );
     wait_until(WAIT, "/readyz to recover", || {
-        let out = node0.exec(&["curl", "-sf", "http://127.0.0.1:9474/readyz"]);
-        out.status.success().then_some(())
+        (http_code(node0, "/readyz") == "200").then_some(())
     });
     // While wgmesh0 was gone nothing left node0 in clear.
     assert_only_wireguard_between_nodes(&tb, &capture, b"no payload sample");
@@ -431,18 +436,7 @@ fn liveness_stays_ok_while_the_api_server_is_down_and_mtu_follows_the_underlay()
         want
     );
 
-    let code = |tb: &Testbed, path: &str| {
-        let out = tb.node(0).exec(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://127.0.0.1:9474{path}"),
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let code = |tb: &Testbed, path: &str| http_code(tb.node(0), path);
     tb.api_mut().stop();
     assert_eq!(code(&tb, "/healthz"), "200");
     assert_eq!(
@@ -562,17 +556,8 @@ fn deleted_routes_come_back_at_once_and_a_deleted_nftables_table_at_the_next_res
     assert!(pods[0][0].ping(pods[1][0].ip()));
 
     node0.exec_ok(&["nft", "delete", "table", "inet", "wgmesh"]);
-    let ready = node0.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://127.0.0.1:9474/readyz",
-    ]);
     assert_eq!(
-        String::from_utf8_lossy(&ready.stdout),
+        http_code(node0, "/readyz"),
         "503",
         "/readyz without the table"
     );
@@ -589,10 +574,6 @@ fn deleted_routes_come_back_at_once_and_a_deleted_nftables_table_at_the_next_res
         start.elapsed()
     );
     wait_until(WAIT, "/readyz to recover", || {
-        node0
-            .exec(&["curl", "-sf", "http://127.0.0.1:9474/readyz"])
-            .status
-            .success()
-            .then_some(())
+        (http_code(node0, "/readyz") == "200").then_some(())
     });
 }

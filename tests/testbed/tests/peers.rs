@@ -6,8 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use wgmesh_testbed::Testbed;
 use wgmesh_testbed::underlay::INTERNET_LINK;
+use wgmesh_testbed::{Exec, Testbed};
 use wgmesh_testkit::{require_root, unique_name, wait_until, workspace_bin};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -4,7 +4,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use wgmesh_testbed::{Pod, Testbed};
+use wgmesh_testbed::{Exec, Pod, Testbed};
 use wgmesh_testkit::{require_root, wait_until, workspace_bin};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -4,9 +4,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use wgmesh_testbed::Testbed;
 use wgmesh_testbed::addressing::{API_IP, API_PORT};
 use wgmesh_testbed::underlay::{INTERNET_LINK, node_link};
+use wgmesh_testbed::{Exec, Testbed};
 use wgmesh_testkit::{require_root, wait_until};
 
 #[test]
