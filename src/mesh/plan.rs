@@ -189,16 +189,11 @@ pub fn plan<'a>(
                 .map(move |c| (Holder::Node(m.id.as_ref()), *c))
         })
         .chain(local_holders());
-    let overlaps = conflicts::overlapping_cidrs(node_cidrs);
-    for (id, p) in dups {
-        rejected.entry(id.to_string()).or_default().push(p);
-    }
-    for (id, keys) in overlaps {
-        rejected
-            .entry(id.to_string())
-            .or_default()
-            .extend(keys.into_iter().map(|k| k.into_problem()));
-    }
+    file_conflicts(
+        &mut rejected,
+        dups,
+        conflicts::overlapping_cidrs(node_cidrs),
+    );
 
     if members.iter().any(|m| !is_node(m)) {
         external_conflicts(
@@ -305,16 +300,7 @@ fn external_conflicts(
                 .into_iter()
                 .flat_map(|s| s.nets().map(|c| (Holder::Local, c)).collect::<Vec<_>>()),
         );
-    let overlaps = conflicts::overlapping_cidrs(cidrs);
-    for (id, p) in dups {
-        rejected.entry(id.to_string()).or_default().push(p);
-    }
-    for (id, keys) in overlaps {
-        rejected
-            .entry(id.to_string())
-            .or_default()
-            .extend(keys.into_iter().map(|k| k.into_problem()));
-    }
+    file_conflicts(rejected, dups, conflicts::overlapping_cidrs(cidrs));
 }
 
 fn firewall(plan: &MeshPlan, cfg: &MeshConfig) -> FirewallPlan {
@@ -346,5 +332,22 @@ fn firewall(plan: &MeshPlan, cfg: &MeshConfig) -> FirewallPlan {
             .collect(),
         masquerade_from: local_nets.into_iter().collect(),
         bridge: cfg.bridge.clone(),
+    }
+}
+
+/// Files the problems of duplicate keys and overlapping CIDRs under their holders.
+fn file_conflicts(
+    rejected: &mut BTreeMap<String, Vec<Problem>>,
+    dups: BTreeMap<&str, Problem>,
+    overlaps: BTreeMap<&str, BTreeSet<conflicts::ProblemKey>>,
+) {
+    for (id, p) in dups {
+        rejected.entry(id.to_string()).or_default().push(p);
+    }
+    for (id, keys) in overlaps {
+        rejected
+            .entry(id.to_string())
+            .or_default()
+            .extend(keys.into_iter().map(|k| k.into_problem()));
     }
 }

@@ -17,6 +17,22 @@ fn run_id(first_line: &str) -> String {
         .to_string()
 }
 
+/// Runs the binary to the end; its stdout, after checking it succeeded.
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("wgmesh-testbed runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn assert_no_namespaces_of(run_id: &str) {
     let listed = run("ip", ["netns", "list"]);
     assert!(
@@ -28,17 +44,7 @@ fn assert_no_namespaces_of(run_id: &str) {
 #[test]
 fn up_prints_how_to_enter_every_node_and_pod_and_tears_down() {
     require_root!();
-    let out = Command::new(BIN)
-        .args(["up", "--nodes", "2", "--pods", "1"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("wgmesh-testbed runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(&["up", "--nodes", "2", "--pods", "1"]);
     let id = run_id(stdout.lines().next().unwrap_or_default());
     for expected in [
         "node0    192.0.2.2    10.244.0.0/24   nsenter --target ",
@@ -91,18 +97,8 @@ fn up_with_keep_holds_the_cluster_until_sigterm() {
 #[test]
 fn the_demo_checks_every_step_and_tears_down() {
     require_root!();
-    let out = Command::new(BIN)
-        .arg("demo")
-        .stdin(Stdio::null())
-        .output()
-        .expect("wgmesh-testbed runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for step in 1..=7 {
+    let stdout = run_ok(&["demo"]);
+    for step in 1..=8 {
         assert!(
             stdout.contains(&format!("== {step}. ")),
             "step {step} missing:\n{stdout}"
