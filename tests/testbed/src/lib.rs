@@ -15,7 +15,7 @@
 //! the node's agent wrote. See [`addressing`] for the address plan.
 //!
 //! ```no_run
-//! use wgmesh_testbed::Testbed;
+//! use wgmesh_testbed::{Exec, Testbed};
 //! let tb = Testbed::builder().nodes(3).build();
 //! let a = tb.add_pod(0, "a");
 //! let b = tb.add_pod(0, "b");
