@@ -78,6 +78,15 @@ fn wg_set_endpoint_and_allowed_ips_mid_transfer_keep_the_session_and_removing_th
 
     let t = Transfer::start(&pair.under.a, &pair.under.b, B_INNER, 16 * MB, 4 * MB);
     std::thread::sleep(Duration::from_secs(1));
+    // Roaming follows every authenticated packet (as in kernel WireGuard), so one of B's
+    // packets still in flight on the old path would rightly move A back, and with B
+    // following A, for good. B leaves the old path for A's traffic before A is told.
+    let rule = format!(
+        "table inet moved {{ chain input {{ type filter hook input priority 0; \
+         ip saddr {B_UNDER} meta l4proto udp drop; }}; }}"
+    );
+    let out = pair.under.a.exec("nft", [&rule]);
+    assert!(out.status.success(), "nft {rule}: {out:?}");
     a.wg(&[
         "set",
         &a.ifname,
