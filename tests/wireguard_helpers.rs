@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,16 @@ pub fn parse_dump(text: &str) -> Vec<PeerDump> {
             }
         })
         .collect()
+}
+
+/// Waits until a `tcpdump -U -w pcap` captures: it writes the file header only then.
+pub fn wait_for_capture(pcap: &Path) {
+    wait_until(Duration::from_secs(10), "tcpdump to start", || {
+        std::fs::metadata(pcap)
+            .ok()
+            .filter(|m| m.len() > 0)
+            .map(|_| ())
+    });
 }
 
 pub fn unix_now() -> u64 {

@@ -171,12 +171,7 @@ fn the_underlay_carries_only_udp_between_the_listen_ports_never_the_payload() {
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     let mut tcpdump = Proc::spawn(cmd, "tcpdump");
-    wait_until(Duration::from_secs(10), "tcpdump to start", || {
-        std::fs::metadata(&pcap)
-            .ok()
-            .filter(|m| m.len() > 0)
-            .map(|_| ())
-    });
+    wait_for_capture(&pcap);
 
     // Paced so that tcpdump keeps up and sees every packet.
     let t = Transfer::start(&pair.under.a, &pair.under.b, B_INNER, 8 * MB, 8 * MB);

@@ -469,11 +469,15 @@ fn forged_replayed_and_garbage_datagrams_are_dropped_and_counted_and_the_device_
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut tcpdump = Proc::spawn(cmd, "tcpdump");
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..5 {
-        under.a.ping(B_INNER);
-    }
-    exited(&mut tcpdump, Duration::from_secs(10));
+    wait_for_capture(&pcap);
+    wait_until(
+        Duration::from_secs(20),
+        "three data messages captured",
+        || {
+            under.a.ping(B_INNER);
+            tcpdump.child.try_wait().ok().flatten()
+        },
+    );
     let genuine = udp_payloads(&std::fs::read(&pcap).unwrap());
     assert!(
         !genuine.is_empty() && genuine[0][0] == 4,
