@@ -164,6 +164,9 @@ fn the_underlay_carries_only_udp_between_the_listen_ports_never_the_payload() {
         "-U",
         "--immediate-mode",
         "-n",
+        // 32 MiB of ring buffer: the whole transfer fits even if tcpdump is starved.
+        "-B",
+        "32768",
         "-w",
     ])
     .arg(&pcap)
@@ -232,7 +235,7 @@ fn the_underlay_carries_only_udp_between_the_listen_ports_never_the_payload() {
     }
     assert!(
         tunnel_bytes > 16 * MB,
-        "only {tunnel_bytes} bytes of tunnel traffic captured for 16 MiB carried"
+        "only {tunnel_bytes} bytes of tunnel traffic captured for 16 MiB carried ({summary})"
     );
 }
 

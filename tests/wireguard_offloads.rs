@@ -74,18 +74,20 @@ while pending and time.time() < deadline:
 df = {}
 s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
 for n in (max_udp, max_udp + 1):
-    try:
-        s.send(payload(1 << 30 | n, n))
-        df[n] = "sent"
-        while True:
-            d = s.recv(70000)
-            if d == payload(1 << 30 | n, n):
-                df[n] = "echoed"
-                break
-    except socket.timeout:
-        pass
-    except OSError as e:
-        df[n] = os.strerror(e.errno)
+    # Sent again on a timeout: the echo may be dropped or late, like any datagram.
+    for attempt in range(10):
+        try:
+            s.send(payload(1 << 30 | n, n))
+            df[n] = "sent"
+            while df[n] != "echoed":
+                if s.recv(70000) == payload(1 << 30 | n, n):
+                    df[n] = "echoed"
+            break
+        except socket.timeout:
+            continue
+        except OSError as e:
+            df[n] = os.strerror(e.errno)
+            break
 print(json.dumps({"missing": sorted(len(want[i]) for i in pending), "wrong": wrong,
                   "rounds": rounds, "df": {str(k): v for k, v in df.items()}}), flush=True)
 "#;

@@ -449,7 +449,11 @@ fn the_in_process_api_runs_a_device_that_a_wg_configured_peer_talks_to() {
     assert!(dev.remove_peer(&peer).unwrap());
     assert!(dev.status().peers.is_empty());
     assert!(!under.a.ping(B_INNER));
-    assert!(dev.drops().get(DropReason::NoRoute) > 0);
+    wait_until(
+        Duration::from_secs(10),
+        "the ping counted as NoRoute",
+        || (dev.drops().get(DropReason::NoRoute) > 0).then_some(()),
+    );
 }
 
 #[test]

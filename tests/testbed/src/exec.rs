@@ -66,10 +66,11 @@ pub trait Exec {
         self.exec(&["sh", "-c", script])
     }
 
-    /// True when `ping -c1 -W1 addr` from there gets an answer.
+    /// True when a ping from there gets an answer within 3 s (a probe a second, so a
+    /// first packet that waits for a handshake on a busy machine still counts).
     fn ping(&self, addr: impl std::fmt::Display) -> bool {
         let addr = addr.to_string();
-        self.exec(&["ping", "-c", "1", "-W", "1", &addr])
+        self.exec(&["ping", "-c", "1", "-w", "3", &addr])
             .status
             .success()
     }

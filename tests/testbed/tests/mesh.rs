@@ -201,7 +201,9 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
         // than the test can look).
         let mut held = false;
         for _ in 0..20 {
-            let out = node0.sh("ip link del wgmesh0 && ip link add wgmesh0 type bridge");
+            // One `ip` process: the two requests go back to back.
+            let out = node0
+                .sh("printf 'link del wgmesh0\\nlink add wgmesh0 type bridge\\n' | ip -batch -");
             if out.status.success() {
                 held = true;
                 break;
@@ -555,12 +557,12 @@ fn deleted_routes_come_back_at_once_and_a_deleted_nftables_table_at_the_next_res
     );
     assert!(pods[0][0].ping(pods[1][0].ip()));
 
-    node0.exec_ok(&["nft", "delete", "table", "inet", "wgmesh"]);
-    assert_eq!(
-        http_code(node0, "/readyz"),
-        "503",
-        "/readyz without the table"
-    );
+    // /readyz checks the table live, so a resync between the delete and the request
+    // rightly answers 200 again: delete until a request lands in the gap.
+    wait_until(WAIT, "/readyz to answer 503 without the table", || {
+        node0.exec(&["nft", "delete", "table", "inet", "wgmesh"]);
+        (http_code(node0, "/readyz") == "503").then_some(())
+    });
     let start = Instant::now();
     wait_until(WAIT, "the table to come back", || {
         node0

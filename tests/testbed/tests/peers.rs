@@ -137,14 +137,9 @@ fn a_wg_quick_peer_reaches_pods_on_every_node_and_pods_reach_it() {
         "not arp and not port 6443",
         || {
             for p in &pods {
-                let ok = wait_until(WAIT, "the laptop to reach a pod", || {
-                    tb.internet()
-                        .exec(&["ping", "-c", "1", "-W", "1", &p.ip().to_string()])
-                        .status
-                        .success()
-                        .then_some(true)
+                wait_until(WAIT, "the laptop to reach a pod", || {
+                    tb.internet().ping(p.ip()).then_some(())
                 });
-                assert!(ok);
                 assert!(p.ping("10.99.0.5"), "{} cannot reach the laptop", p.name());
             }
         },

@@ -4,6 +4,7 @@
 //! come back.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -22,6 +23,9 @@ pub struct TestApiServer {
     listen_ip: String,
     extra_args: Vec<String>,
     generation: u32,
+    /// While stopped, the port stays bound (not listening: clients are refused as by a
+    /// stopped server), so no other test's socket takes it before the restart.
+    held_port: Option<socket2::Socket>,
 }
 
 impl TestApiServer {
@@ -43,6 +47,7 @@ impl TestApiServer {
             listen_ip: ip.to_string(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             generation: 0,
+            held_port: None,
         };
         s.spawn(0);
         s
@@ -116,7 +121,10 @@ impl TestApiServer {
         let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
         self.proc = Some(proc);
         match line.trim().strip_prefix("ready ") {
-            Some(url) => self.url = url.to_string(),
+            Some(url) => {
+                self.url = url.to_string();
+                self.held_port = None;
+            }
             None => panic!(
                 "no readiness line from test-apiserver (got {line:?}); log:\n{}",
                 self.log()
@@ -147,6 +155,7 @@ impl TestApiServer {
             "test-apiserver exited with {status}; log:\n{}",
             self.log()
         );
+        self.held_port = Some(self.hold_port(self.port()));
     }
 
     /// Starts the server again with the same data directory and port.
@@ -154,6 +163,22 @@ impl TestApiServer {
         let port = self.port();
         self.stop();
         self.spawn(port);
+    }
+
+    /// Binds the server's address without listening. Both sockets set SO_REUSEADDR
+    /// (tokio's listener does), which lets the restarted server bind and listen beside
+    /// it; port-0 binds and outgoing connections of others skip a bound port.
+    fn hold_port(&self, port: u16) -> socket2::Socket {
+        let addr = SocketAddr::new(self.listen_ip.parse().expect("listen ip"), port);
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket.bind(&addr.into()).expect("bind the server's port");
+        socket
     }
 
     /// A kube-rs client from the kubeconfig the server wrote.
