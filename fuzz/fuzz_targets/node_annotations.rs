@@ -151,8 +151,13 @@ fn unique_names<'a>(names: impl Iterator<Item = &'a mut String>, prefix: &str) {
     let mut seen = BTreeSet::new();
     for (i, name) in names.enumerate() {
         if name.contains('/') || !seen.insert(name.clone()) {
-            *name = format!("{prefix}-{i}-renamed");
-            seen.insert(name.clone());
+            // The input may already hold the new name (corpus entries are such inputs).
+            let fresh = (0..)
+                .map(|k| format!("{prefix}-{i}-renamed-{k}"))
+                .find(|n| !seen.contains(n))
+                .unwrap_or_default();
+            seen.insert(fresh.clone());
+            *name = fresh;
         }
     }
 }
