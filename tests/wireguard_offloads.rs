@@ -75,7 +75,7 @@ df = {}
 s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
 for n in (max_udp, max_udp + 1):
     # Sent again on a timeout: the echo may be dropped or late, like any datagram.
-    for attempt in range(10):
+    for _ in range(10):
         try:
             s.send(payload(1 << 30 | n, n))
             df[n] = "sent"
