@@ -216,6 +216,14 @@ pub fn parse_dump(text: &str) -> Vec<PeerDump> {
         .collect()
 }
 
+/// Runs `f` on a thread inside `ns` (what the in-process `Device` API needs).
+pub fn in_ns<T: Send>(ns: &TestNs, f: impl FnOnce() -> T + Send) -> T {
+    wgmesh::netlink::NetNs::open(ns.path())
+        .expect("netns")
+        .run(f)
+        .expect("thread")
+}
+
 /// Waits until a `tcpdump -U -w pcap` captures: it writes the file header only then.
 pub fn wait_for_capture(pcap: &Path) {
     wait_until(Duration::from_secs(10), "tcpdump to start", || {

@@ -169,14 +169,13 @@ fn tun_vnet_hdr(node: &Node, ns: &TestNs) -> bool {
     flags & 0x4000 != 0
 }
 
-/// A feature of a link as `ethtool -k` shows it (on or off).
-fn feature(ns: &TestNs, link: &str, name: &str) -> bool {
+/// Whether `ethtool -k` shows TCP segmentation offload on for the link.
+fn tso(ns: &TestNs, link: &str) -> bool {
     let out = ns.exec("ethtool", ["-k", link]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let prefix = format!("{name}:");
     text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no {name} in ethtool -k {link}: {text}"))
+        .find(|l| l.starts_with("tcp-segmentation-offload:"))
+        .unwrap_or_else(|| panic!("no TSO line in ethtool -k {link}: {text}"))
         .contains(": on")
 }
 
@@ -194,11 +193,7 @@ fn datagrams_of_every_size_pass_between_wgmesh_wg_with_offloads() {
     require_root!();
     let pair = Pair::new(Impl::WgmeshWg, Impl::WgmeshWg);
     assert!(tun_vnet_hdr(&pair.a, &pair.under.a));
-    assert!(feature(
-        &pair.under.a,
-        &pair.a.ifname,
-        "tcp-segmentation-offload"
-    ));
+    assert!(tso(&pair.under.a, &pair.a.ifname));
     assert!(offloads_log_line(&pair.a).contains("offloads on"));
     assert_every_size_passes(&pair);
 }
@@ -219,11 +214,7 @@ fn offloads_forced_off_fall_back_to_plain_packets_and_interoperate_with_offloads
     assert!(line.contains("offloads off"), "{line}");
     // The kernel agrees: plain packets, no virtio_net_hdr, no TSO towards the TUN.
     assert!(!tun_vnet_hdr(&pair.a, &pair.under.a));
-    assert!(!feature(
-        &pair.under.a,
-        &pair.a.ifname,
-        "tcp-segmentation-offload"
-    ));
+    assert!(!tso(&pair.under.a, &pair.a.ifname));
     assert!(tun_vnet_hdr(&pair.b, &pair.under.b));
     both_ways(&pair, 32 * MB);
     assert_every_size_passes(&pair);
@@ -291,33 +282,29 @@ fn a_persistent_interface_is_left_without_offloads_when_its_device_stops() {
     let ns = TestNs::new("wgpo");
     let ifname = wgmesh_testkit::unique_name("wgp");
     let start = |offloads| {
-        wgmesh::netlink::NetNs::open(ns.path())
-            .expect("netns")
-            .run(|| {
-                let mut cfg = wgmesh::wireguard::DeviceConfig::new(ifname.clone());
-                cfg.persist = true;
-                cfg.offloads = offloads;
-                wgmesh::wireguard::Device::start(cfg)
-            })
-            .expect("thread")
-            .expect("device")
+        in_ns(&ns, || {
+            let mut cfg = wgmesh::wireguard::DeviceConfig::new(ifname.clone());
+            cfg.persist = true;
+            cfg.offloads = offloads;
+            wgmesh::wireguard::Device::start(cfg)
+        })
+        .expect("device")
     };
-    let tso = || feature(&ns, &ifname, "tcp-segmentation-offload");
 
     let device = start(wgmesh::wireguard::Offloads::ALL);
-    assert!(tso(), "offloads negotiated");
+    assert!(tso(&ns, &ifname), "offloads negotiated");
     drop(device);
     // The interface stays (the agent's restart relies on it), its offloads do not: a
     // process attaching without a virtio_net_hdr must not be handed super-packets.
     assert!(link_exists(&ns, &ifname));
-    assert!(!tso());
+    assert!(!tso(&ns, &ifname));
 
     // The next device negotiates them again, or runs without.
     let device = start(wgmesh::wireguard::Offloads::ALL);
-    assert!(tso());
+    assert!(tso(&ns, &ifname));
     drop(device);
     let device = start(wgmesh::wireguard::Offloads::NONE);
-    assert!(!tso());
+    assert!(!tso(&ns, &ifname));
     drop(device);
     ns.ip(["link", "del", &ifname]);
 }

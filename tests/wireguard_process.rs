@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use helpers::*;
 use wgmesh::key::PrivateKey;
-use wgmesh::netlink::NetNs;
 use wgmesh::wireguard::{Device, DeviceConfig, DropReason, PeerConfig};
 use wgmesh_testkit::{Proc, TestNs, require_root, run_output, unique_name, wait_until};
 
@@ -336,10 +335,6 @@ fn malformed_uapi_transactions_get_the_errno_and_change_nothing() {
 }
 
 /// Runs `f` on a thread inside `ns`.
-fn in_ns<T: Send>(ns: &TestNs, f: impl FnOnce() -> T + Send) -> T {
-    NetNs::open(ns.path()).unwrap().run(f).unwrap()
-}
-
 /// The UDP payloads of an Ethernet/IPv4 pcap file.
 fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
