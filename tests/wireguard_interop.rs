@@ -33,7 +33,17 @@ fn wg_show_on_both_sides_agrees_on_the_handshake_and_the_bytes() {
     require_root!();
     let pair = Pair::new(Impl::WgmeshWg, Impl::WireguardGo);
     both_ways(&pair, 10 * MB);
-    let (a, b) = (&pair.a.dump()[0], &pair.b.dump()[0]);
+    // TCP's closing packets may still cross after the transfers: compare the counters
+    // once two readings of both sides in a row agree.
+    let mut last = None;
+    let (a, b) = wait_until(Duration::from_secs(10), "the counters to settle", || {
+        let now = (pair.a.dump()[0].clone(), pair.b.dump()[0].clone());
+        let counters = (now.0.tx, now.0.rx, now.1.tx, now.1.rx);
+        let settled = last == Some(counters);
+        last = Some(counters);
+        settled.then_some(now)
+    });
+    let (a, b) = (&a, &b);
     let now = unix_now();
     for (side, p) in [("wgmesh-wg", a), ("wireguard-go", b)] {
         assert!(
@@ -57,6 +67,12 @@ fn wg_show_on_both_sides_agrees_on_the_handshake_and_the_bytes() {
             "sent {sent} vs received {received}"
         );
     }
+    // Within the handshake's own second wg prints "Now": look one second later.
+    wait_until(
+        Duration::from_secs(5),
+        "a second past the handshake",
+        || (unix_now() > a.latest_handshake).then_some(()),
+    );
     let human = pair.a.wg(&["show", &pair.a.ifname]);
     assert!(human.contains("second") && human.contains("ago"), "{human}");
     assert!(!human.contains("year"), "{human}");
