@@ -334,7 +334,6 @@ fn malformed_uapi_transactions_get_the_errno_and_change_nothing() {
     );
 }
 
-/// Runs `f` on a thread inside `ns`.
 /// The UDP payloads of an Ethernet/IPv4 pcap file.
 fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
