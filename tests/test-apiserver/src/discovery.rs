@@ -1,15 +1,10 @@
 //! Discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>`,
-//! `/apis/<g>/<v>`) and a minimal OpenAPI v3 (`/openapi/v3`), built from the served
-//! resource table.
+//! `/apis/<g>/<v>`), built from the served resource table. The OpenAPI documents are in
+//! [`crate::openapi`].
 //!
 //! Only legacy (unaggregated) discovery is served: clients that ask for aggregated
 //! discovery (`as=APIGroupDiscoveryList`) get the legacy document with a plain
 //! `application/json` type and fall back, as they do against older servers.
-//!
-//! The OpenAPI v3 documents carry no schemas, only one PATCH operation per kind that
-//! declares the `fieldValidation` query parameter: that is what kubectl checks to decide
-//! that the server validates fields itself, so it skips client-side schema validation
-//! (which would need full schemas).
 
 use std::collections::BTreeMap;
 
@@ -156,86 +151,13 @@ pub fn resource_list(all: &[Resource], group: &str, version: &str) -> Option<Val
     }))
 }
 
-/// The OpenAPI v3 path key of a group/version (`api/v1`, `apis/<g>/<v>`).
-fn openapi_key(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
-}
-
-/// `/openapi/v3`: the index of per-group-version documents.
-pub fn openapi_v3_root(all: &[Resource], rv: u64) -> Value {
-    let mut paths = serde_json::Map::new();
-    for r in all {
-        let key = openapi_key(&r.group, &r.version);
-        // The hash lets clients cache; it changes when served resources may have.
-        paths.insert(
-            key.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={rv:016X}")}),
-        );
-    }
-    json!({"paths": paths})
-}
-
-/// `/openapi/v3/<api/v1 | apis/g/v>`, or None when not served.
-pub fn openapi_v3(all: &[Resource], key: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = all
-        .iter()
-        .filter(|r| openapi_key(&r.group, &r.version) == key)
-        .collect();
-    if rs.is_empty() {
-        return None;
-    }
-    let mut paths = serde_json::Map::new();
-    for r in rs {
-        let prefix = if r.group.is_empty() {
-            format!("/api/{}", r.version)
-        } else {
-            format!("/apis/{}/{}", r.group, r.version)
-        };
-        let path = if r.namespaced {
-            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{prefix}/{}/{{name}}", r.plural)
-        };
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let param = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
-        paths.insert(
-            path,
-            json!({
-                "patch": {
-                    "operationId": format!("patch{}", r.kind),
-                    "x-kubernetes-action": "patch",
-                    "x-kubernetes-group-version-kind": gvk,
-                    "parameters": [param("dryRun"), param("fieldManager"), param("fieldValidation"), param("force")],
-                    "responses": {"200": {"description": "OK"}},
-                },
-                "put": {
-                    "operationId": format!("replace{}", r.kind),
-                    "x-kubernetes-action": "put",
-                    "x-kubernetes-group-version-kind": gvk,
-                    "parameters": [param("dryRun"), param("fieldManager"), param("fieldValidation")],
-                    "responses": {"200": {"description": "OK"}},
-                },
-            }),
-        );
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", KUBE_VERSION.0, KUBE_VERSION.1)},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }))
-}
-
 /// `/`: the list of served paths.
 pub fn root_paths(all: &[Resource]) -> Value {
     let mut paths = vec![
         "/api".to_string(),
         "/api/v1".into(),
         "/apis".into(),
+        "/openapi/v2".into(),
         "/openapi/v3".into(),
         "/version".into(),
         "/healthz".into(),
@@ -297,17 +219,6 @@ mod tests {
         assert_eq!(
             names,
             ["apiextensions.k8s.io", "events.k8s.io", "wgmesh.io"]
-        );
-        let doc = openapi_v3(&all, "apis/wgmesh.io/v1").expect("openapi");
-        let op = &doc["paths"]["/apis/wgmesh.io/v1/peers/{name}"]["patch"];
-        assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Peer");
-        assert!(
-            op["parameters"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "fieldValidation"))
-        );
-        assert!(
-            openapi_v3_root(&all, 7)["paths"]["apis/wgmesh.io/v1"]["serverRelativeURL"].is_string()
         );
     }
 }

@@ -176,7 +176,8 @@ impl ApiError {
             } => Some(json!({
                 "name": name,
                 "kind": kind,
-                "causes": [{"reason": "FieldValueInvalid", "message": format!("{field}: {detail}"), "field": field}],
+                // The field is beside the message (kubectl prints "field: message").
+                "causes": [{"reason": "FieldValueInvalid", "message": detail, "field": field}],
             })),
             _ => None,
         };
@@ -256,6 +257,18 @@ mod tests {
             assert_eq!(s["reason"], reason, "{err:?}");
             assert_eq!(s["message"], message, "{err:?}");
         }
+        let s = ApiError::invalid("Node", "N", "metadata.name", "must be lowercase").status();
+        assert_eq!(s["code"], 422);
+        assert_eq!(
+            s["message"],
+            "Node \"N\" is invalid: metadata.name: must be lowercase"
+        );
+        assert_eq!(
+            s["details"],
+            json!({"name": "N", "kind": "Node", "causes": [
+                {"reason": "FieldValueInvalid", "message": "must be lowercase", "field": "metadata.name"}
+            ]})
+        );
         let s = ApiError::not_found(&peers, "p").status();
         assert_eq!(
             s["details"],

@@ -19,6 +19,8 @@ use crate::discovery;
 use crate::error::{ApiError, Qualified, success_status};
 use crate::meta;
 use crate::object::{self, Preconditions, Subresource};
+use crate::openapi;
+use crate::openapi_proto;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, Flavor, Resource};
 use crate::routes::{Query, ResourcePath, Route};
@@ -166,15 +168,42 @@ where
             discovery::resource_list(&state.served(), &group, &version)
                 .map_or(Err(ApiError::NoRoute), ok)
         }
-        Route::OpenApiV3Root => ok(discovery::openapi_v3_root(
+        Route::OpenApiV3Root => ok(openapi::v3_root(
             &state.served(),
             state.store.resource_version(),
         )),
         Route::OpenApiV3(key) => {
-            discovery::openapi_v3(&state.served(), &key).map_or(Err(ApiError::NoRoute), ok)
+            openapi::v3(&state.served(), &key).map_or(Err(ApiError::NoRoute), ok)
         }
-        // Clients ask for v2 as protobuf; without a document they use v3.
-        Route::OpenApiV2 | Route::NotFound | Route::Resource(_) => Err(ApiError::NoRoute),
+        Route::OpenApiV2 => openapi_v2(state, req.headers()),
+        Route::NotFound | Route::Resource(_) => Err(ApiError::NoRoute),
+    }
+}
+
+/// `/openapi/v2` in the encoding the client accepts. kubectl needs it to create or
+/// apply a `kind: List` with validation on (it asks for protobuf only).
+fn openapi_v2(state: &AppState, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let doc = openapi::v2(&state.served());
+    match openapi::v2_format(accept) {
+        Some(openapi::V2Format::Json) => Ok(json_response(StatusCode::OK, &doc)),
+        Some(openapi::V2Format::Protobuf) => {
+            let bytes = openapi_proto::encode_document(&doc).map_err(|e| {
+                ApiError::Internal(format!("encoding the OpenAPI v2 document: {e}"))
+            })?;
+            let mut resp = Response::new(full(bytes));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static(openapi::V2_PROTOBUF),
+            );
+            Ok(resp)
+        }
+        // kube-openapi answers an unacceptable type with a bare 406.
+        None => {
+            let mut resp = Response::new(full(Vec::new()));
+            *resp.status_mut() = StatusCode::NOT_ACCEPTABLE;
+            Ok(resp)
+        }
     }
 }
 

@@ -9,11 +9,14 @@
 //!   with `/status` when declared).
 //! - Verbs: get, list, watch, create, update, patch (JSON, merge, strategic merge for
 //!   built-ins, apply), delete, deletecollection.
-//! - Discovery (legacy), `/version`, `/healthz`, minimal OpenAPI v3, Table output.
+//! - Discovery (legacy), `/version`, `/healthz`, OpenAPI v3 and v2 without schemas,
+//!   Table output.
 //!
 //! # Simplifications (compared to kube-apiserver)
 //! - No schemas: objects are not validated against OpenAPI/CRD schemas, unknown fields
 //!   are kept (no pruning), no defaulting; `fieldValidation` is accepted and ignored.
+//!   Only `metadata` is checked to decode as an ObjectMeta (400, as kube-apiserver
+//!   answers a string where labels belong).
 //! - Server-side apply is a merge of the applied fields into the live object (strategic
 //!   merge rules), without field ownership: no conflicts, no removal of fields a manager
 //!   stopped applying, no `managedFields`.
@@ -28,10 +31,14 @@
 //! - One bearer token, no RBAC, no admission beyond namespace existence.
 //! - Deleting a namespace or CRD deletes its contents at once (no Terminating phase).
 //! - CRD conversion is apiVersion rewriting only (no webhooks); no scale subresource.
-//! - JSON only on the wire (bodies may also be YAML); no protobuf or CBOR. Discovery is
-//!   the legacy (unaggregated) form; clients fall back to it. OpenAPI v3 documents carry
-//!   no schemas (just enough for kubectl to leave validation to the server); `/openapi/v2`
-//!   is 404.
+//! - JSON only on the wire (bodies may also be YAML); no protobuf or CBOR, except
+//!   `/openapi/v2`, which client-go asks for as protobuf only. Discovery is the legacy
+//!   (unaggregated) form; clients fall back to it.
+//! - The OpenAPI documents (v3, and v2 as JSON or protobuf) have no schemas: each kind
+//!   has a PATCH and a PUT declaring `fieldValidation`, which is enough for kubectl to
+//!   leave the validation of an object to the server. kubectl validates the items of a
+//!   `kind: List` itself against the v2 definitions; with none, it checks only that
+//!   each item has an `apiVersion` and a `kind`.
 //! - `metadata.generation` is kept for every type (bumped when anything outside metadata
 //!   and status changes); `managedFields` are never set.
 //! - DELETE honours preconditions and finalizers; `propagationPolicy` and
@@ -51,6 +58,8 @@ pub mod handlers;
 pub mod kubeconfig;
 pub mod meta;
 pub mod object;
+pub mod openapi;
+pub mod openapi_proto;
 pub mod patch;
 pub mod persist;
 pub mod resources;

@@ -1,5 +1,5 @@
 //! Small helpers over `metadata` of generic (`serde_json::Value`) objects: accessors,
-//! uids, timestamps and name validation.
+//! uids, timestamps, the types of ObjectMeta's fields, and name validation.
 
 use serde_json::{Map, Value};
 
@@ -134,6 +134,101 @@ pub fn parse_time(s: &str) -> Option<i64> {
     s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
 }
 
+/// The JSON type the shape of each ObjectMeta field must have.
+#[derive(Clone, Copy)]
+enum MetaType {
+    Str,
+    Int,
+    StrMap,
+    StrList,
+    ObjList,
+}
+
+/// ObjectMeta's fields and their Go types (k8s.io/apimachinery `metav1.ObjectMeta`).
+const OBJECT_META: &[(&str, MetaType, &str)] = &[
+    ("name", MetaType::Str, "string"),
+    ("generateName", MetaType::Str, "string"),
+    ("namespace", MetaType::Str, "string"),
+    ("selfLink", MetaType::Str, "string"),
+    ("uid", MetaType::Str, "types.UID"),
+    ("resourceVersion", MetaType::Str, "string"),
+    ("generation", MetaType::Int, "int64"),
+    ("creationTimestamp", MetaType::Str, "v1.Time"),
+    ("deletionTimestamp", MetaType::Str, "v1.Time"),
+    ("deletionGracePeriodSeconds", MetaType::Int, "int64"),
+    ("labels", MetaType::StrMap, "map[string]string"),
+    ("annotations", MetaType::StrMap, "map[string]string"),
+    ("ownerReferences", MetaType::ObjList, "[]v1.OwnerReference"),
+    ("finalizers", MetaType::StrList, "[]string"),
+    (
+        "managedFields",
+        MetaType::ObjList,
+        "[]v1.ManagedFieldsEntry",
+    ),
+];
+
+/// Go's name of a JSON value's type in `json: cannot unmarshal …` errors.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Checks that `metadata` decodes as an ObjectMeta (kube-apiserver decodes it into Go
+/// types for every kind, custom ones included, so a string where labels belong is
+/// refused before anything else). Null stands for the zero value anywhere, as in Go.
+/// The error reads like Go's `encoding/json` one.
+pub fn check_object_meta(obj: &Value) -> Result<(), String> {
+    let cannot = |v: &Value, field: &str, go_type: &str| {
+        Err(format!(
+            "json: cannot unmarshal {} into Go struct field {field} of type {go_type}",
+            json_type(v)
+        ))
+    };
+    let md = match obj.get("metadata") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(md)) => md,
+        Some(other) => return cannot(other, ".metadata", "v1.ObjectMeta"),
+    };
+    for (field, ty, go_type) in OBJECT_META {
+        let Some(v) = md.get(*field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let path = format!("ObjectMeta.metadata.{field}");
+        match ty {
+            MetaType::Str if !v.is_string() => return cannot(v, &path, go_type),
+            MetaType::Int if !(v.is_i64() || v.is_u64()) => return cannot(v, &path, go_type),
+            MetaType::StrMap => match v.as_object() {
+                None => return cannot(v, &path, go_type),
+                Some(m) => {
+                    if let Some(bad) = m.values().find(|x| !(x.is_string() || x.is_null())) {
+                        return cannot(bad, &path, "string");
+                    }
+                }
+            },
+            MetaType::StrList | MetaType::ObjList => {
+                let Some(items) = v.as_array() else {
+                    return cannot(v, &path, go_type);
+                };
+                let (fits, item_type): (fn(&Value) -> bool, &str) = match ty {
+                    MetaType::StrList => (Value::is_string, "string"),
+                    _ => (Value::is_object, go_type.trim_start_matches("[]")),
+                };
+                if let Some(bad) = items.iter().find(|x| !(fits(x) || x.is_null())) {
+                    return cannot(bad, &path, item_type);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Checks a DNS-1123 subdomain (the rule for most object names): lowercase alphanumerics,
 /// '-' and '.', starting and ending alphanumeric, at most 253 characters.
 pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {
@@ -213,6 +308,73 @@ mod tests {
         assert!(validate_dns_label("a.b").is_err());
         assert!(validate_path_segment("n1.17f0a").is_ok());
         assert!(validate_path_segment("a/b").is_err());
+    }
+
+    #[test]
+    fn object_meta_types_are_checked_like_go_decodes_them() {
+        let ok = [
+            json!({}),
+            json!({"metadata": null}),
+            json!({"metadata": {"name": "n", "labels": {"a": "b", "c": null}, "annotations": {},
+                "generation": 3, "creationTimestamp": null, "finalizers": ["f"],
+                "ownerReferences": [{"kind": "Node", "name": "n", "uid": "u", "apiVersion": "v1"}]}}),
+        ];
+        for o in ok {
+            assert_eq!(check_object_meta(&o), Ok(()), "{o}");
+        }
+        let bad = [
+            (
+                json!({"metadata": 5}),
+                "number into Go struct field .metadata of type v1.ObjectMeta",
+            ),
+            (
+                json!({"metadata": {"name": 1}}),
+                "number into Go struct field ObjectMeta.metadata.name of type string",
+            ),
+            (
+                json!({"metadata": {"labels": "a=b"}}),
+                "string into Go struct field ObjectMeta.metadata.labels of type map[string]string",
+            ),
+            (
+                json!({"metadata": {"labels": {"a": 1}}}),
+                "number into Go struct field ObjectMeta.metadata.labels of type string",
+            ),
+            (
+                json!({"metadata": {"annotations": ["a"]}}),
+                "array into Go struct field ObjectMeta.metadata.annotations of type map[string]string",
+            ),
+            (
+                json!({"metadata": {"generation": "1"}}),
+                "string into Go struct field ObjectMeta.metadata.generation of type int64",
+            ),
+            (
+                json!({"metadata": {"generation": 1.5}}),
+                "number into Go struct field ObjectMeta.metadata.generation of type int64",
+            ),
+            (
+                json!({"metadata": {"finalizers": "f"}}),
+                "string into Go struct field ObjectMeta.metadata.finalizers of type []string",
+            ),
+            (
+                json!({"metadata": {"finalizers": [true]}}),
+                "bool into Go struct field ObjectMeta.metadata.finalizers of type string",
+            ),
+            (
+                json!({"metadata": {"ownerReferences": ["n"]}}),
+                "string into Go struct field ObjectMeta.metadata.ownerReferences of type v1.OwnerReference",
+            ),
+            (
+                json!({"metadata": {"creationTimestamp": 0}}),
+                "number into Go struct field ObjectMeta.metadata.creationTimestamp of type v1.Time",
+            ),
+        ];
+        for (o, want) in bad {
+            assert_eq!(
+                check_object_meta(&o),
+                Err(format!("json: cannot unmarshal {want}")),
+                "{o}"
+            );
+        }
     }
 
     #[test]

@@ -16,14 +16,22 @@ pub enum Subresource {
     Status,
 }
 
-/// Checks `apiVersion`/`kind` of a request body against the addressed resource (both may
-/// be absent, as kube-apiserver defaults them from the URL).
+/// Checks `apiVersion`/`kind` of a request body (or patched object) against the
+/// addressed resource (both may be absent, as kube-apiserver defaults them from the URL),
+/// and that its `metadata` has ObjectMeta's types.
 pub fn check_type(res: &Resource, obj: &Value) -> Result<(), ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request(
             "the request body must be a JSON object",
         ));
     }
+    meta::check_object_meta(obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {e}",
+            kind = res.kind,
+            version = res.version
+        ))
+    })?;
     let want = res.api_version();
     if let Some(av) = obj
         .get("apiVersion")

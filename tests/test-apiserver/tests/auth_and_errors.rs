@@ -1,6 +1,6 @@
 //! Authentication, transport and error handling: no or wrong token gets 401, plain HTTP
-//! is refused, and bad input of every kind gets the right `kind: Status` error while the
-//! server keeps serving.
+//! is refused, the OpenAPI v2 document comes in the encoding asked for, and bad input of
+//! every kind gets the right `kind: Status` error while the server keeps serving.
 
 mod common;
 
@@ -283,6 +283,31 @@ async fn bad_input_gets_status_errors() {
             "Forbidden",
         ),
         ("POST", "/version", json, "{}", 405, "MethodNotAllowed"),
+        // metadata must decode as an ObjectMeta, whatever the way in.
+        (
+            "POST",
+            "/api/v1/nodes",
+            json,
+            r#"{"metadata":{"name":"typed","labels":"a=b"}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            "/api/v1/nodes/ok",
+            json,
+            r#"{"metadata":{"name":"ok","finalizers":"f"}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/ok",
+            merge,
+            r#"{"metadata":{"labels":{"a":1}}}"#,
+            400,
+            "BadRequest",
+        ),
     ];
     for (method, path, ct, body, want_code, want_reason) in cases {
         let (code, status) = raw(&client, method, path, ct, body).await;
@@ -299,4 +324,53 @@ async fn bad_input_gets_status_errors() {
     assert_eq!(code, 200);
     assert_eq!(node["metadata"]["name"], "ok");
     assert!(node["metadata"]["labels"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_v2_is_served_as_json_or_protobuf_as_the_client_accepts() {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let get = |accept: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::builder()
+                .uri("/openapi/v2")
+                .header("Accept", accept)
+                .body(kube::client::Body::empty())
+                .expect("request");
+            let resp = client.send(req).await.expect("response");
+            let status = resp.status().as_u16();
+            let ct = resp
+                .headers()
+                .get("Content-Type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, ct, body)
+        }
+    };
+    let (status, ct, body) = get("application/json").await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    let doc: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(doc["swagger"], "2.0");
+    let op = &doc["paths"]["/api/v1/nodes/{name}"]["patch"];
+    assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Node");
+
+    // What client-go's OpenAPISchema() sends; kube-openapi answers with the new name.
+    let (status, ct, body) =
+        get("application/com.github.proto-openapi.spec.v2@v1.0+protobuf").await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (
+            200,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+        )
+    );
+    // Document.swagger (field 1, length-delimited: tag 0x0a, length 3) comes first.
+    assert_eq!(&body[..5], b"\x0a\x032.0");
+
+    let (status, _, body) = get("text/html").await;
+    assert_eq!(status, 406);
+    assert!(body.is_empty());
 }
