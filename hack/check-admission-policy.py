@@ -137,12 +137,26 @@ def node(name, annotations=None, labels=None):
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
         },
         "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+        # What a kubelet posts (abridged).
         "status": {
+            "capacity": {"cpu": "2", "memory": "4012Mi", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "3910Mi", "pods": "110"},
             "conditions": [
                 {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
                 {"type": "Ready", "status": "True", "reason": "KubeletReady"},
             ],
-            "addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
+            "addresses": [
+                {"type": "InternalIP", "address": "192.0.2.1"},
+                {"type": "Hostname", "address": name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "containerRuntimeVersion": "containerd://1.7.27",
+                "kubeletVersion": "v1.33.1",
+                "operatingSystem": "linux",
+            },
+            "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 320368}],
         },
     }
     if annotations is not None:
@@ -191,10 +205,53 @@ def set_annotation(key, value):
     return lambda n: n["metadata"].setdefault("annotations", {}).__setitem__(key, value)
 
 
-def network_ready(n):
-    n["status"]["conditions"].append(
-        {"type": "NetworkUnavailable", "status": "False", "reason": "WgmeshReady"}
-    )
+def network_condition(status, reason, message, at="2026-01-02T03:04:05Z"):
+    """Sets the NetworkUnavailable condition as the agent's strategic merge patch does:
+    merged in place by type, appended when absent (or when the list is)."""
+
+    def fn(n):
+        cond = {
+            "type": "NetworkUnavailable",
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": at,
+            "lastHeartbeatTime": at,
+        }
+        conditions = n["status"].setdefault("conditions", [])
+        for i, c in enumerate(conditions):
+            if c["type"] == "NetworkUnavailable":
+                conditions[i] = cond
+                return
+        conditions.append(cond)
+
+    return fn
+
+
+network_ready = network_condition("False", "WgmeshReady", "wgmesh is running on this node")
+network_broken = network_condition(
+    "True",
+    "WgmeshMisconfigured",
+    "cluster-cidr does not contain this node's pod CIDR",
+    at="2026-01-02T03:09:05Z",
+)
+
+
+def both(*fns):
+    def fn(n):
+        for f in fns:
+            f(n)
+
+    return fn
+
+
+def set_status(field, value):
+    return lambda n: n["status"].__setitem__(field, value)
+
+
+def condition(type_, **changes):
+    """Changes the fields of the condition of `type_`."""
+    return lambda n: next(c for c in n["status"]["conditions"] if c["type"] == type_).update(changes)
 
 
 def cases():
@@ -264,6 +321,76 @@ def cases():
     yield "agent marks its own node not Ready", request("node-a", sub="status"), a, changed(
         a, lambda n: n["status"]["conditions"][1].__setitem__("status", "False")
     ), False, "only the NetworkUnavailable condition"
+    # The whole status but the NetworkUnavailable condition stays as it was (issue #13).
+    def st(node):
+        return request(node, sub="status")
+
+    ready, broken = changed(a, network_ready), changed(a, network_broken)
+    no_conditions = changed(a, lambda n: n["status"].pop("conditions"))
+    only_nu = "may change only the NetworkUnavailable condition of a Node's status, not "
+    yield "agent sets NetworkUnavailable=True with its reason on its own node", st("node-a"), a, changed(
+        a, network_broken
+    ), True, None
+    yield "agent turns its own NetworkUnavailable from False to True", st("node-a"), ready, changed(
+        ready, network_broken
+    ), True, None
+    yield "agent turns its own NetworkUnavailable from True to False", st("node-a"), broken, changed(
+        broken, network_ready
+    ), True, None
+    yield "agent adds NetworkUnavailable to a status without conditions", st("node-a"), no_conditions, changed(
+        no_conditions, network_ready
+    ), True, None
+    yield "agent's patch returns the other conditions in another order", st("node-a"), ready, changed(
+        ready, both(network_broken, lambda n: n["status"]["conditions"].reverse())
+    ), True, None
+    yield "agent rewrites its own node's addresses", st("node-a"), a, changed(
+        a, set_status("addresses", [{"type": "InternalIP", "address": "203.0.113.66"}])
+    ), False, only_nu + "status.addresses"
+    yield "agent raises its own node's capacity", st("node-a"), a, changed(
+        a, lambda n: n["status"]["capacity"].__setitem__("pods", "1000")
+    ), False, only_nu + "status.capacity"
+    yield "agent raises its own node's allocatable", st("node-a"), a, changed(
+        a, lambda n: n["status"]["allocatable"].__setitem__("cpu", "64")
+    ), False, only_nu + "status.allocatable"
+    yield "agent rewrites its own node's kubelet version", st("node-a"), a, changed(
+        a, lambda n: n["status"]["nodeInfo"].__setitem__("kubeletVersion", "v1.99.0")
+    ), False, only_nu + "status.nodeInfo"
+    yield "agent moves its own node's kubelet endpoint", st("node-a"), a, changed(
+        a, set_status("daemonEndpoints", {"kubeletEndpoint": {"Port": 10251}})
+    ), False, only_nu + "status.daemonEndpoints"
+    yield "agent adds a status field that was absent", st("node-a"), a, changed(
+        a, set_status("volumesInUse", ["kubernetes.io/csi/x^y"])
+    ), False, only_nu + "status.volumesInUse"
+    yield "agent removes a status field", st("node-a"), a, changed(
+        a, lambda n: n["status"].pop("images")
+    ), False, only_nu + "status.images"
+    yield "agent adds another condition to its own node", st("node-a"), a, changed(
+        a, lambda n: n["status"]["conditions"].append({"type": "DiskPressure", "status": "True"})
+    ), False, only_nu + "condition DiskPressure"
+    yield "agent removes another condition of its own node", st("node-a"), a, changed(
+        a, lambda n: n["status"]["conditions"].pop(0)
+    ), False, only_nu + "condition MemoryPressure"
+    yield "agent replaces a condition by a copy of another", st("node-a"), a, changed(
+        a, lambda n: n["status"]["conditions"].__setitem__(0, dict(n["status"]["conditions"][1]))
+    ), False, only_nu + "condition MemoryPressure"
+    yield "agent changes Ready along with its NetworkUnavailable", st("node-a"), ready, changed(
+        ready, both(network_broken, condition("Ready", status="False", reason="Mallory"))
+    ), False, only_nu + "condition Ready"
+    yield "agent changes its addresses along with its NetworkUnavailable", st("node-a"), ready, changed(
+        ready, both(network_broken, set_status("addresses", []))
+    ), False, only_nu + "status.addresses"
+    yield "agent sets NetworkUnavailable=True on another node", st("node-b"), b, changed(
+        b, network_broken
+    ), False, "may not change Node node-b"
+    b_broken = changed(b, network_broken)
+    yield "agent turns another node's NetworkUnavailable from True to False", st("node-b"), b_broken, changed(
+        b_broken, network_ready
+    ), False, "may not change Node node-b"
+    # Through the main resource the API server restores status from the stored object
+    # before admission; were it not so, the policy would still refuse.
+    yield "agent changes its addresses through nodes (status not restored)", request("node-a"), a, changed(
+        a, set_status("addresses", [{"type": "InternalIP", "address": "203.0.113.66"}])
+    ), False, only_nu + "status.addresses"
     yield "agent labels its own node through nodes/status", request("node-a", sub="status"), a, changed(
         a, lambda n: n["metadata"]["labels"].__setitem__("example.com/x", "y")
     ), False, "labels, finalizers or owner references"

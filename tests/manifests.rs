@@ -240,12 +240,13 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         ])
     );
     assert!(cr.aggregation_rule.is_none());
-    // Events: in "default" only, where src/k8s/events.rs writes them.
+    // Events: in "default" only, where src/k8s/events.rs writes them, and only created
+    // (core/v1, not events.k8s.io): the agent posts a new Event per finding.
     let role: Role = object(&docs, "Role", "wgmesh-events");
     assert_eq!(role.metadata.namespace.as_deref(), Some("default"));
     assert_eq!(
         grants(role.rules.as_deref().unwrap_or_default()),
-        set(&[("", "events", "create"), ("", "events", "patch")])
+        set(&[("", "events", "create")])
     );
     for (g, r, _) in cluster.iter() {
         assert!(
@@ -371,8 +372,16 @@ fn only_the_sysctl_init_container_is_privileged() {
         ["sysctls", "install-cni"],
         "the sysctl init container is an init container"
     );
-    // It touches nothing but /proc/sys: no volumes, no environment but the CIDR.
+    // It touches nothing but /proc/sys: no volumes, no environment but the CIDR, a
+    // read-only root filesystem.
     let sysctls = container(&pod, "sysctls");
+    assert_eq!(
+        sysctls
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem),
+        Some(true)
+    );
     assert!(
         sysctls
             .volume_mounts
@@ -391,8 +400,24 @@ fn only_the_sysctl_init_container_is_privileged() {
     }
 }
 
+/// The calls src/k8s/events.rs makes on its `Api<Event>`: the Role must grant them.
 #[test]
-fn the_agent_is_unprivileged_with_net_admin_and_net_raw_only() {
+fn the_agent_only_creates_core_events() {
+    let source = read("src/k8s/events.rs");
+    let core_event =
+        regex::Regex::new(r"use k8s_openapi::api::core::v1::\{[^}]*\bEvent\b").unwrap();
+    assert!(core_event.is_match(&source) && source.contains("api: Api<Event>"));
+    assert!(!source.contains("events.k8s.io") && !source.contains("api::events::"));
+    let calls: BTreeSet<&str> = regex::Regex::new(r"self\.api\s*\.\s*(\w+)\(")
+        .unwrap()
+        .captures_iter(&source)
+        .map(|c| c.get(1).unwrap().as_str())
+        .collect();
+    assert_eq!(calls, BTreeSet::from(["create"]));
+}
+
+#[test]
+fn the_agent_is_unprivileged_with_net_admin_only() {
     let pod = pod_spec(&daemonset());
     for c in all_containers(&pod) {
         if c.name == "sysctls" {
@@ -405,8 +430,10 @@ fn the_agent_is_unprivileged_with_net_admin_and_net_raw_only() {
         let caps = sc.capabilities.as_ref().expect("capabilities");
         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
         let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+        // The agent: TUN, rtnetlink, nftables, SO_MARK (see the manifest); nothing of
+        // it needs CAP_NET_RAW. install-cni: owner permissions on /opt/cni/bin.
         let want: BTreeSet<&str> = match c.name.as_str() {
-            "agent" => ["NET_ADMIN", "NET_RAW"].into(),
+            "agent" => ["NET_ADMIN"].into(),
             _ => BTreeSet::new(),
         };
         assert_eq!(added, want, "{} capabilities", c.name);
