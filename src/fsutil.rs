@@ -17,17 +17,26 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
+    // A fresh random name each time: the agent runs as PID 1 in its container, so a
+    // name from the pid alone collides with the leftover of a crashed predecessor.
+    let (tmp, mut f) = loop {
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            name.to_string_lossy(),
+            random_suffix()?
+        ));
+        match OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(&tmp)?;
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = (|| {
         f.write_all(contents)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -37,6 +46,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// 16 random hex digits.
+fn random_suffix() -> io::Result<String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Writes `path` atomically only when its contents differ; returns whether it wrote.
@@ -68,5 +84,23 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_crashed_writer_does_not_block_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mesh.json");
+        // What a crashed predecessor with our pid (PID 1 in a container) left behind.
+        let stale = dir
+            .path()
+            .join(format!(".mesh.json.tmp.{}", std::process::id()));
+        fs::write(&stale, b"half").unwrap();
+        write_atomic(&p, b"whole", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"whole");
+        assert_eq!(
+            fs::read(&stale).unwrap(),
+            b"half",
+            "someone else's file is not ours to touch"
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod model;
 pub mod netlink;
 pub mod peer_config;
+pub mod retry;
 pub mod status;
 pub mod sysctl;
 pub mod telemetry;

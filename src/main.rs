@@ -302,6 +302,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         mtu_from_underlay: a.mtu.is_none(),
         resync_interval: a.resync_interval,
         metrics_addr: Some(a.metrics_addr),
+        install_guard: a.dataplane == DataPlaneKind::Wireguard,
     };
     let readiness = match a.dataplane {
         DataPlaneKind::None => Readiness::ControlPlaneOnly,

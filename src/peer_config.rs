@@ -144,6 +144,7 @@ mod tests {
                         ),
                         allowed_ips: vec![format!("10.244.{i}.0/24").parse().unwrap()],
                         persistent_keepalive: None,
+                        allowed_destinations: Vec::new(),
                     },
                 )
             })
@@ -159,6 +160,7 @@ mod tests {
             allowed_ips: vec!["10.99.0.5/32".into(), "fd00:99::5/128".into()],
             endpoint: Some("203.0.113.10:51821".into()),
             persistent_keepalive: Some(25),
+            allowed_destinations: Vec::new(),
         });
         let text = render(&peer, &nodes(), Some(&key)).unwrap();
         for line in [

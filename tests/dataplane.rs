@@ -7,7 +7,7 @@ use std::future::Future;
 
 use ipnet::IpNet;
 use wgmesh::dataplane::{firewall, routes};
-use wgmesh::mesh::{FirewallPlan, MeshPlan, RoutePlan};
+use wgmesh::mesh::{FirewallPlan, MeshPlan, PeerIngressPlan, RoutePlan};
 use wgmesh::netlink::{NetNs, Netlink};
 use wgmesh_testkit::{TestNs, require_root};
 
@@ -144,8 +144,9 @@ fn mesh_routes_are_reconciled_and_repaired_and_foreign_routes_are_left_alone() {
 struct Underlay {
     node: TestNs,
     pod: TestNs,
-    /// Kept alive for the test: dropping it deletes the namespace.
-    _outside: TestNs,
+    outside: TestNs,
+    /// The node's link to the outside.
+    uplink: String,
 }
 
 fn underlay() -> Underlay {
@@ -210,7 +211,8 @@ fn underlay() -> Underlay {
     Underlay {
         node,
         pod,
-        _outside: outside,
+        outside,
+        uplink: a,
     }
 }
 
@@ -223,6 +225,8 @@ fn firewall_plan() -> FirewallPlan {
             .collect(),
         masquerade_from: BTreeSet::from([net("10.244.1.0/24")]),
         bridge: "wgmesh-br".into(),
+        mesh_interface: "wgmesh0".into(),
+        ..FirewallPlan::default()
     }
 }
 
@@ -328,4 +332,132 @@ fn the_table_is_applied_once_and_reapplied_when_it_drifts() {
             .status
             .success()
     );
+}
+
+/// From `ns`, pings `dst` from source address `src` once; true on an answer.
+fn ping_from(ns: &TestNs, src: &str, dst: &str) -> bool {
+    ns.exec("ping", ["-c", "1", "-W", "1", "-I", src, dst])
+        .status
+        .success()
+}
+
+#[test]
+fn external_peers_reach_pods_only_unless_their_peer_object_opts_in() {
+    require_root!();
+    let u = underlay();
+    // The outside host stands for an external peer (a laptop, 10.99.0.5) whose packets
+    // arrive decrypted on the mesh interface: here the node's uplink plays wgmesh0.
+    u.outside.ip(["addr", "add", "10.99.0.5/32", "dev", "lo"]);
+    u.outside
+        .ip(["route", "add", "10.244.0.0/16", "via", "192.0.2.2"]);
+    u.node
+        .ip(["route", "add", "10.99.0.5/32", "via", "192.0.2.1"]);
+    // A destination outside the pod ranges, reached through the pod's namespace.
+    u.pod.ip(["addr", "add", "198.51.100.7/32", "dev", "lo"]);
+    u.node
+        .ip(["route", "add", "198.51.100.7/32", "via", "10.244.1.2"]);
+    u.outside
+        .ip(["route", "add", "198.51.100.7/32", "via", "192.0.2.2"]);
+    let reach = |dst: &str| ping_from(&u.outside, "10.99.0.5", dst);
+    for dst in ["10.244.1.2", "10.244.1.1", "192.0.2.2", "198.51.100.7"] {
+        assert!(
+            reach(dst),
+            "setup: without the rules the peer reaches {dst}"
+        );
+    }
+
+    let mut plan = firewall_plan();
+    plan.mesh_interface = u.uplink.clone();
+    plan.allowed_interfaces.insert(u.uplink.clone());
+    plan.guarded.insert(net("10.99.0.5/32"));
+    plan.peer_ingress = PeerIngressPlan {
+        sources: BTreeSet::from([net("10.99.0.5/32")]),
+        pod_ranges: BTreeSet::from([net("10.244.0.0/16")]),
+        extra: Default::default(),
+    };
+    assert!(ensure(&u.node, &plan));
+    assert!(reach("10.244.1.2"), "a pod is reachable");
+    assert!(!reach("10.244.1.1"), "the node's bridge address is refused");
+    assert!(!reach("192.0.2.2"), "the node's own address is refused");
+    assert!(
+        !reach("198.51.100.7"),
+        "a destination outside the pod ranges is refused"
+    );
+    assert!(
+        ping_from(&u.node, "192.0.2.2", "10.99.0.5"),
+        "replies to a connection the node opened pass"
+    );
+    assert!(
+        u.pod.ping("10.99.0.5"),
+        "pods reach the peer and get answers"
+    );
+
+    // The Peer lists the node and the other network in spec.allowedDestinations.
+    plan.peer_ingress.extra.insert(
+        "laptop".into(),
+        (
+            BTreeSet::from([net("10.99.0.5/32")]),
+            BTreeSet::from([net("192.0.2.2/32"), net("198.51.100.0/24")]),
+        ),
+    );
+    assert!(ensure(&u.node, &plan));
+    assert!(
+        reach("192.0.2.2") && reach("198.51.100.7"),
+        "opted-in destinations pass"
+    );
+    assert!(
+        !reach("10.244.1.1"),
+        "what the Peer did not list stays refused"
+    );
+}
+
+/// The CNI plugin's question, asked in `ns`.
+fn guard_check(ns: &TestNs, subnets: &[&str]) -> Result<(), wgmesh::dataplane::guard::Missing> {
+    let subnets: Vec<IpNet> = subnets.iter().map(|s| net(s)).collect();
+    block_in(ns, || async move {
+        let nl = Netlink::connect().expect("netlink");
+        wgmesh::dataplane::guard::check(&nl, subnets).await
+    })
+}
+
+#[test]
+fn the_guard_check_sees_the_unreachable_route_and_the_drop_rule_in_the_kernel() {
+    use wgmesh::dataplane::guard::Missing;
+    require_root!();
+    let ns = node_ns();
+    assert_eq!(
+        guard_check(&ns, &["10.244.1.0/24"]),
+        Err(Missing::Route {
+            subnet: net("10.244.1.0/24")
+        }),
+        "a fresh node has no guard"
+    );
+    reconcile(&ns, &plan_with(&[]), true);
+    assert_eq!(
+        guard_check(&ns, &["10.244.1.0/24"]),
+        Err(Missing::Firewall),
+        "routes alone are not the guard"
+    );
+    assert!(ensure(&ns, &firewall_plan()));
+    assert_eq!(guard_check(&ns, &["10.244.1.0/24"]), Ok(()));
+    assert_eq!(
+        guard_check(&ns, &["10.244.1.0/24", "fd00:10:244:1::/64"]),
+        Err(Missing::Route {
+            subnet: net("fd00:10:244:1::/64")
+        }),
+        "each family of the pod's subnets needs its guard"
+    );
+    // A flushed chain keeps its name but no longer drops anything.
+    ns.exec("nft", ["flush", "chain", "inet", "wgmesh", "egress_guard"]);
+    assert_eq!(guard_check(&ns, &["10.244.1.0/24"]), Err(Missing::Firewall));
+    ns.exec("nft", ["delete", "table", "inet", "wgmesh"]);
+    assert_eq!(guard_check(&ns, &["10.244.1.0/24"]), Err(Missing::Firewall));
+    // Someone else's unreachable route is not wgmesh's guard.
+    assert!(ensure(&ns, &firewall_plan()));
+    ns.ip(["route", "flush", "proto", "87"]);
+    ns.ip(["route", "add", "unreachable", "10.244.0.0/16"]);
+    assert!(matches!(
+        guard_check(&ns, &["10.244.1.0/24"]),
+        Err(Missing::Route { .. })
+    ));
 }

@@ -96,6 +96,8 @@ fn main() {
         return;
     }
     let node = TestNs::new("bench");
+    // wgmesh-cni checks the node's guard on every ADD: measured as on a real node.
+    wgmesh_testkit::guard::install(&node, &["10.244.1.0/24"], "wgmesh-br");
     let pods: Vec<TestNs> = (0..PODS).map(|_| TestNs::new("bpod")).collect();
     let data = tempfile::tempdir().expect("tempdir");
     let node_ns = File::open(node.path()).expect("open node netns");

@@ -1,8 +1,8 @@
 //! CNI ADD: attach a pod to the node bridge.
 //!
 //! Order matters for "bad input changes nothing": everything that can be refused
-//! without side effects (config, netns, an existing CNI_IFNAME) is checked before an
-//! address is allocated; after that, any failure releases the address and removes the
+//! without side effects (config, netns, the node's guard, an existing CNI_IFNAME) is
+//! checked before an address is allocated; after that, any failure releases the address and removes the
 //! veth before the error is returned.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -26,6 +26,12 @@ pub async fn run(args: &Args) -> Result<CNIResult, Error> {
     let pod_ns = NetNs::open(&netns_path).map_err(Error::Netns)?;
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(&pod_ns)?;
+
+    // No network for a pod whose traffic could leave in clear: after a reboot the
+    // conflist is still on disk while the agent has not put the guard back yet.
+    wgmesh::dataplane::guard::check(&host, cfg.subnets.nets())
+        .await
+        .map_err(Error::GuardMissing)?;
 
     let host_name = names::host_veth(&owner.container_id, &owner.ifname);
     if pod.link_by_name(&owner.ifname).await?.is_some()

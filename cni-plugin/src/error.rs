@@ -41,6 +41,12 @@ pub enum Error {
     Drift(String),
     #[error("plugin cannot serve ADD: {0}")]
     Unavailable(String),
+    #[error(
+        "this node's wgmesh guard is not in place ({0}), so a pod's traffic to other \
+         nodes could leave unencrypted; the wgmesh agent installs the guard when it starts: \
+         is it running on this node? (retried by the runtime)"
+    )]
+    GuardMissing(#[source] wgmesh::dataplane::guard::Missing),
 }
 
 impl Error {
@@ -51,7 +57,7 @@ impl Error {
             Error::Config(_) | Error::NoPrevResult => 7,
             Error::Netns(_) => 4,
             Error::InterfaceExists { .. } => CODE_IFNAME_EXISTS,
-            Error::Ipam(ipam::Error::LockTimeout { .. }) => 11,
+            Error::Ipam(ipam::Error::LockTimeout { .. }) | Error::GuardMissing(_) => 11,
             Error::Ipam(ipam::Error::Exhausted { .. }) => CODE_EXHAUSTED,
             Error::Ipam(ipam::Error::Io { .. }) => CODE_IPAM_STORE,
             Error::Kernel(_) | Error::Sysctl(_) => CODE_KERNEL,

@@ -39,7 +39,7 @@ impl Cni for WgmeshCni {
     }
 
     async fn status(&self, args: Args) -> Result<(), CniError> {
-        status::run(&args).map_err(Into::into)
+        status::run(&args).await.map_err(Into::into)
     }
 
     async fn gc(&self, args: Args) -> Result<(), CniError> {

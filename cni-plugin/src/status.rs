@@ -6,8 +6,15 @@ use crate::config;
 use crate::error::Error;
 use crate::ipam::{self, Store};
 
-pub fn run(args: &Args) -> Result<(), Error> {
+pub async fn run(args: &Args) -> Result<(), Error> {
     let cfg = config::network(args)?;
+    let host = wgmesh::netlink::Netlink::connect()?;
+    if let Err(missing) = wgmesh::dataplane::guard::check(&host, cfg.subnets.nets()).await {
+        return Err(Error::Unavailable(format!(
+            "{} (see ADD's error)",
+            Error::GuardMissing(missing)
+        )));
+    }
     let store = Store::lock(&cfg.ipam_dir(), cfg.ipam_lock_timeout)?;
     if !ipam::has_free_addresses(&store, &cfg)? {
         return Err(Error::Unavailable(format!(

@@ -481,3 +481,57 @@ fn a_slash_29_hands_out_exactly_five_addresses_then_errors() {
         "10.244.15.4"
     );
 }
+
+#[test]
+fn add_refuses_with_try_again_later_while_the_node_guard_is_missing_and_changes_nothing() {
+    require_root!();
+    // A rebooted node: the conflist survived on disk, the agent's guard did not.
+    let node = Node::unguarded(&["10.244.17.0/24"]);
+    let pod = TestNs::new("pod");
+    let refused = node.add("guard-1", &pod);
+    assert_eq!(refused.code(), 11, "{}", refused.stdout);
+    let msg = refused.json()["msg"].as_str().unwrap_or("").to_string()
+        + refused.json()["details"].as_str().unwrap_or("");
+    for words in [
+        "guard",
+        "no unreachable route",
+        "10.244.17.0/24",
+        "wgmesh agent",
+    ] {
+        assert!(msg.contains(words), "{words:?} missing from {msg:?}");
+    }
+    assert!(!node.has_link("wgmesh-br"), "no bridge was created");
+    assert!(node.leases().is_empty(), "no address was allocated");
+    assert!(
+        !pod.exec("ip", ["link", "show", "eth0"]).status.success(),
+        "the pod got no interface"
+    );
+    let status = node.cmd("STATUS", "", None, "", &node.conf);
+    assert_eq!(status.code(), 50, "STATUS says ADD cannot be served");
+
+    // The agent puts the guard in place: the runtime's retry succeeds.
+    wgmesh_testkit::guard::install(&node.ns, &["10.244.17.0/24"], "wgmesh-br");
+    node.add("guard-1", &pod).expect_ok("ADD once guarded");
+    node.cmd("STATUS", "", None, "", &node.conf)
+        .expect_ok("STATUS once guarded");
+
+    // A guard that loses its drop rule (the table deleted) is no guard.
+    node.ns.exec("nft", ["delete", "table", "inet", "wgmesh"]);
+    let other = TestNs::new("pod");
+    let refused = node.add("guard-2", &other);
+    assert_eq!(refused.code(), 11);
+    assert!(
+        refused.stdout.contains("no drop rule"),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(
+        node.leases().len(),
+        1,
+        "only the first pod holds an address"
+    );
+    node.del("guard-1", Some(&pod))
+        .expect_ok("DEL works without the guard");
+    node.del("guard-2", Some(&other))
+        .expect_ok("DEL of a refused ADD is fine");
+}

@@ -167,6 +167,7 @@ fn leases(dir: &Path) -> Vec<String> {
 fn podman_containers_get_addresses_ping_each_other_and_publish_a_port() {
     require_root!();
     let node = TestNs::new("pmnode");
+    wgmesh_testkit::guard::install(&node, &["10.244.30.0/24"], "wgmesh-br");
     let ipam: PathBuf = tempfile::tempdir().expect("tempdir").keep();
     let config = NetworkConfig::from_keys(
         "wgmesh",

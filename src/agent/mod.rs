@@ -78,18 +78,6 @@ impl Watches {
     }
 }
 
-/// `delay` spread by ±25%, so agents that failed together (an API server outage) do not
-/// retry together. (The watches' own backoff, kube-runtime's, is jittered too.)
-fn jittered(delay: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    // Without randomness, the plain delay is still a correct (if synchronised) retry.
-    let r = getrandom::fill(&mut b)
-        .map(|()| u16::from_le_bytes(b))
-        .unwrap_or(u16::MAX / 2);
-    let factor = 0.75 + 0.5 * f64::from(r) / f64::from(u16::MAX);
-    delay.mul_f64(factor)
-}
-
 /// Everything `wgmesh agent` is configured with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -105,6 +93,9 @@ pub struct AgentConfig {
     pub resync_interval: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Put the node's guard (unreachable routes, nftables drop rule) in place before
+    /// anything else at start. False only without a data plane (`--dataplane none`).
+    pub install_guard: bool,
 }
 
 /// Runs the agent until `shutdown` resolves. Returns an error only for what stops the
@@ -137,6 +128,14 @@ where
     D: DataPlane,
     F: FnOnce(&PrivateKey) -> Result<D, crate::dataplane::Error>,
 {
+    // The guard first, before the key, the device, the API server or the conflist:
+    // after a reboot the conflist is still on disk but the kernel has nothing, and no
+    // pod may get a network (wgmesh-cni checks) until pod traffic cannot leave in clear.
+    if cfg.install_guard {
+        let saved = state::load(&cfg.state_dir);
+        let guarded = crate::dataplane::guard::install_early(&cfg.mesh, saved.as_ref()).await?;
+        tracing::info!(prefixes = ?guarded, "node guard in place");
+    }
     let key = identity::load_or_generate(&cfg.state_dir)?;
     let public_key = key.public_key();
     tracing::info!(public_key = %public_key, state_dir = %cfg.state_dir.display(), "starting");
@@ -168,6 +167,7 @@ where
     let monitor = crate::dataplane::monitor::spawn(wakers).map_err(Error::Monitor)?;
     let mut reconciler = Reconciler::new(cfg.clone(), client, public_key)?;
 
+    let dataplane_changed = dataplane.changed();
     let mut resync = tokio::time::interval(cfg.resync_interval);
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = RETRY_MIN;
@@ -188,6 +188,12 @@ where
                 }
             }
             _ = resync.tick() => {}
+            _ = async {
+                match &dataplane_changed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
         }
         sleep(COALESCE).await;
@@ -203,6 +209,7 @@ where
                 &mut dataplane,
             )
             .await;
+        telemetry.set_blocked(reconciler.blocked());
         telemetry.reconciled(
             started.elapsed(),
             result
@@ -217,7 +224,7 @@ where
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?retry_delay, "reconcile failed");
-                retry_at = Some(Instant::now() + jittered(retry_delay));
+                retry_at = Some(Instant::now() + crate::retry::jittered(retry_delay));
                 retry_delay = (retry_delay * 2).min(RETRY_MAX);
             }
         }
@@ -230,22 +237,4 @@ where
     // traffic could leave unencrypted.
     tracing::info!("stopping; the data plane stays in place");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_are_spread_around_the_delay() {
-        let d = Duration::from_secs(4);
-        let samples: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
-        assert!(
-            samples
-                .iter()
-                .all(|s| *s >= Duration::from_secs(3) && *s <= Duration::from_secs(5))
-        );
-        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
-        assert!(distinct.len() > 100, "jitter varies");
-    }
 }

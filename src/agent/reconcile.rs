@@ -15,6 +15,7 @@ use crate::cni::render_conflist;
 use crate::dataplane::DataPlane;
 use crate::fsutil::write_if_changed;
 use crate::k8s::events::{EventType, Findings, Reporter};
+use crate::k8s::translate::NetworkCondition;
 use crate::k8s::{publish, translate};
 use crate::key::PublicKey;
 use crate::mesh::{self, MeshPlan, ParsedNode};
@@ -29,7 +30,10 @@ pub struct Reconciler {
     /// Parsed nodes by name, reused while the resourceVersion is unchanged.
     parsed: HashMap<String, (Option<String>, ParsedNode)>,
     last_plan: Option<MeshPlan>,
-    condition_set: bool,
+    /// The NetworkUnavailable condition last published.
+    condition: Option<NetworkCondition>,
+    /// Why this node gives no pod a network (its own configuration), if it does not.
+    blocked: Option<String>,
     nl: Netlink,
 }
 
@@ -47,7 +51,8 @@ impl Reconciler {
             public_key,
             parsed: HashMap::new(),
             last_plan: None,
-            condition_set: false,
+            condition: None,
+            blocked: None,
             nl: Netlink::connect()?,
         })
     }
@@ -129,6 +134,26 @@ impl Reconciler {
                 f.insert((EventType::Warning, w.reason(), w.to_string()));
             }
         }
+        let blocked = (!plan.local_problems.is_empty()).then(|| {
+            plan.local_problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        if let (Some(message), Some(first)) = (&blocked, plan.local_problems.first()) {
+            findings.entry(me.clone()).or_default().insert((
+                EventType::Warning,
+                first.reason(),
+                message.clone(),
+            ));
+            if self.blocked.as_ref() != Some(message) {
+                tracing::error!(problem = %message, "this node's wgmesh configuration is wrong; no pod gets a network here");
+            }
+        } else if self.blocked.is_some() {
+            tracing::info!("this node's wgmesh configuration is usable again");
+        }
+        self.blocked = blocked;
         let uids = nodes
             .iter()
             .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
@@ -138,52 +163,75 @@ impl Reconciler {
             tracing::warn!(error = %e, "could not record an event");
         }
 
-        // 3. The node's CNI config.
-        let cni_written = match plan.cni_config(&self.cfg.mesh) {
-            Some(cni) => {
-                let path = self.cfg.cni_conf_dir.join(CONFLIST);
-                std::fs::create_dir_all(&self.cfg.cni_conf_dir).map_err(|source| Error::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                let text = render_conflist(&cni, CONFLIST_VERSION);
-                if write_if_changed(&path, text.as_bytes(), 0o644).map_err(|source| {
-                    Error::File {
-                        path: path.clone(),
-                        source,
-                    }
-                })? {
-                    tracing::info!(path = %path.display(), "wrote CNI config");
-                }
-                true
-            }
-            None => {
-                tracing::warn!("no pod CIDR for this node yet; CNI config not written");
-                false
-            }
-        };
-
-        // 4. The data plane, and the saved last-known-good plan.
+        // 3. The data plane, and the saved last-known-good plan: the guard and the mesh
+        // are in place before any pod gets a network.
         dataplane.apply(&plan).await?;
         if self.last_plan.as_ref() != Some(&plan) {
             log_changes(self.last_plan.as_ref(), &plan);
             let path = state::path(&self.cfg.state_dir);
             state::save(&self.cfg.state_dir, &plan)
                 .map_err(|source| Error::File { path, source })?;
-            self.last_plan = Some(plan);
         }
+        let cni = plan.cni_config(&self.cfg.mesh);
+        self.last_plan = Some(plan);
 
-        // 5. Tell Kubernetes the node's network is ready.
-        if published && cni_written && dataplane.is_ready() {
-            let already = self.condition_set
-                || local.is_some_and(|n| translate::network_ready_condition_set(n));
-            if !already {
-                publish::network_ready(&self.nodes, &me).await?;
-                tracing::info!("set NetworkUnavailable=False");
+        // 4. The node's CNI config: written once everything under it is in place,
+        // removed while the node must not host pods.
+        let cni_written = self.sync_conflist(cni)?;
+
+        // 5. Tell Kubernetes whether the node's network is ready.
+        let condition = match &self.blocked {
+            Some(message) => Some(NetworkCondition::misconfigured(message.clone())),
+            None if published && cni_written && dataplane.is_ready() => {
+                Some(NetworkCondition::ready())
             }
-            self.condition_set = true;
+            None => None,
+        };
+        if let Some(c) = condition {
+            let already = self.condition.as_ref() == Some(&c)
+                || local.and_then(|n| translate::network_condition(n)).as_ref() == Some(&c);
+            if !already {
+                publish::network_condition(&self.nodes, &me, &c).await?;
+                tracing::info!(unavailable = c.unavailable, reason = %c.reason, "set NetworkUnavailable");
+            }
+            self.condition = Some(c);
         }
         Ok(())
+    }
+
+    /// Writes the node's conflist when it changed, or removes it while the node's own
+    /// configuration is wrong; returns whether the node now has one.
+    fn sync_conflist(&self, cni: Option<crate::cni::NetworkConfig>) -> Result<bool, Error> {
+        let path = self.cfg.cni_conf_dir.join(CONFLIST);
+        let file_err = |source| Error::File {
+            path: path.clone(),
+            source,
+        };
+        if self.blocked.is_some() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "removed the CNI config: no new pod gets a network on this node")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file_err(e)),
+            }
+            return Ok(false);
+        }
+        let Some(cni) = cni else {
+            tracing::warn!("no pod CIDR for this node yet; CNI config not written");
+            return Ok(false);
+        };
+        std::fs::create_dir_all(&self.cfg.cni_conf_dir).map_err(file_err)?;
+        let text = render_conflist(&cni, CONFLIST_VERSION);
+        if write_if_changed(&path, text.as_bytes(), 0o644).map_err(file_err)? {
+            tracing::info!(path = %path.display(), "wrote CNI config");
+        }
+        Ok(true)
+    }
+
+    /// Why this node gives no pod a network, if its own configuration is wrong.
+    pub fn blocked(&self) -> Option<&str> {
+        self.blocked.as_deref()
     }
 
     /// The mesh MTU from the underlay: the interface holding the node's endpoint address,

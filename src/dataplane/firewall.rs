@@ -9,8 +9,16 @@
 //!   chain egress_nat { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr { <local pod v4> } ip daddr != { <guarded v4> } oifname != wgmesh-br masquerade
 //!     ip6 ... }
+//!   chain peer_ingress { type filter hook prerouting priority filter; policy accept;
+//!     iifname wgmesh0 ip saddr { <external peers v4> } ct state established,related accept
+//!     iifname wgmesh0 ip saddr { <peer p> } ip daddr { <p's allowedDestinations> } accept
+//!     iifname wgmesh0 ip saddr { <external peers v4> } fib daddr type local counter drop
+//!     iifname wgmesh0 ip saddr { <external peers v4> } ip daddr != { <pod ranges v4> } counter drop
+//!     ip6 ... }
 //! }
 //! ```
+//! `peer_ingress` exists only while there are external peers: they reach pods, and
+//! nothing else (not the node itself: kubelet, metrics) unless their Peer lists it.
 //! The whole table is replaced in one nft transaction (add, delete, recreate), so there
 //! is never a moment without the guard. The first rule's comment carries a hash of the
 //! rendered table: a resync that finds it missing or different (the table deleted,
@@ -22,9 +30,10 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{
-    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix, SetItem,
 };
-use nftables::schema::{Chain, NfListObject, NfObject, Nftables, Rule, Table};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Counter, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use sha2::{Digest, Sha256};
@@ -32,8 +41,9 @@ use sha2::{Digest, Sha256};
 use crate::mesh::FirewallPlan;
 
 pub const TABLE: &str = "wgmesh";
-const GUARD_CHAIN: &str = "egress_guard";
+pub const GUARD_CHAIN: &str = "egress_guard";
 const NAT_CHAIN: &str = "egress_nat";
+const PEER_CHAIN: &str = "peer_ingress";
 /// nft's "filter" and "srcnat" priorities.
 const PRIO_FILTER: i32 = 0;
 const PRIO_SRCNAT: i32 = 100;
@@ -68,13 +78,13 @@ fn table() -> Table<'static> {
     }
 }
 
-fn chain(name: &'static str, kind: NfChainType, prio: i32) -> Chain<'static> {
+fn chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
     Chain {
         family: NfFamily::INet,
         table: TABLE.into(),
         name: name.into(),
         _type: Some(kind),
-        hook: Some(NfHook::Postrouting),
+        hook: Some(hook),
         prio: Some(prio),
         policy: Some(NfChainPolicy::Accept),
         ..Chain::default()
@@ -90,10 +100,16 @@ fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
     )))
 }
 
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
 fn oifname() -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta {
-        key: MetaKey::Oifname,
-    }))
+    meta(MetaKey::Oifname)
+}
+
+fn text(s: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(s.to_string()))
 }
 
 fn prefixes<'a>(nets: impl Iterator<Item = &'a IpNet>) -> Expression<'static> {
@@ -196,6 +212,86 @@ fn rules(plan: &FirewallPlan) -> Vec<NfListObject<'static>> {
             ));
         }
     }
+    for (proto, v6) in [("ip", false), ("ip6", true)] {
+        out.extend(peer_rules(plan, proto, v6));
+    }
+    out
+}
+
+/// The rules of `peer_ingress` for one family (`proto` "ip" or "ip6").
+fn peer_rules(plan: &FirewallPlan, proto: &'static str, v6: bool) -> Vec<NfListObject<'static>> {
+    let ingress = &plan.peer_ingress;
+    let of_family = |nets: &BTreeSet<IpNet>| -> Vec<IpNet> {
+        nets.iter()
+            .filter(|n| n.addr().is_ipv6() == v6)
+            .copied()
+            .collect()
+    };
+    let sources = of_family(&ingress.sources);
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    let from = |nets: &[IpNet]| {
+        vec![
+            matches(
+                meta(MetaKey::Iifname),
+                Operator::EQ,
+                text(&plan.mesh_interface),
+            ),
+            matches(field(proto, "saddr"), Operator::EQ, prefixes(nets.iter())),
+        ]
+    };
+    let mut out = Vec::new();
+    let mut established = from(&sources);
+    established.push(matches(
+        Expression::Named(NamedExpression::CT(CT {
+            key: "state".into(),
+            family: None,
+            dir: None,
+        })),
+        Operator::IN,
+        Expression::List(vec![text("established"), text("related")]),
+    ));
+    established.push(Statement::Accept(None));
+    out.push(rule(PEER_CHAIN, established, None));
+    for (peer_sources, destinations) in ingress.extra.values() {
+        let (src, dst) = (of_family(peer_sources), of_family(destinations));
+        if src.is_empty() || dst.is_empty() {
+            continue;
+        }
+        let mut r = from(&src);
+        r.push(matches(
+            field(proto, "daddr"),
+            Operator::EQ,
+            prefixes(dst.iter()),
+        ));
+        r.push(Statement::Accept(None));
+        out.push(rule(PEER_CHAIN, r, None));
+    }
+    let mut local = from(&sources);
+    local.push(matches(
+        Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: std::iter::once(FibFlag::Daddr).collect(),
+        })),
+        Operator::EQ,
+        text("local"),
+    ));
+    local.push(Statement::Counter(Counter::Anonymous(None)));
+    local.push(Statement::Drop(None));
+    out.push(rule(PEER_CHAIN, local, None));
+    let mut elsewhere = from(&sources);
+    let pods = of_family(&ingress.pod_ranges);
+    if !pods.is_empty() {
+        elsewhere.push(matches(
+            field(proto, "daddr"),
+            Operator::NEQ,
+            prefixes(pods.iter()),
+        ));
+    }
+    elsewhere.push(Statement::Counter(Counter::Anonymous(None)));
+    elsewhere.push(Statement::Drop(None));
+    out.push(rule(PEER_CHAIN, elsewhere, None));
     out
 }
 
@@ -223,13 +319,23 @@ pub fn transaction(plan: &FirewallPlan) -> Nftables<'static> {
     batch.add(NfListObject::Chain(chain(
         GUARD_CHAIN,
         NfChainType::Filter,
+        NfHook::Postrouting,
         PRIO_FILTER,
     )));
     batch.add(NfListObject::Chain(chain(
         NAT_CHAIN,
         NfChainType::NAT,
+        NfHook::Postrouting,
         PRIO_SRCNAT,
     )));
+    if !plan.peer_ingress.sources.is_empty() {
+        batch.add(NfListObject::Chain(chain(
+            PEER_CHAIN,
+            NfChainType::Filter,
+            NfHook::Prerouting,
+            PRIO_FILTER,
+        )));
+    }
     // The fingerprint rides on a rule that always exists: a bare counter at the head of
     // the guard chain (it matches everything and decides nothing).
     batch.add(rule(
@@ -253,26 +359,16 @@ pub fn ensure(plan: &FirewallPlan) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// The fingerprint comment of the installed table, if the table exists.
+/// The fingerprint comment of the installed table, if the table exists. Read over
+/// netlink (no `nft` process): readiness probes and every resync ask.
 pub fn installed_fingerprint() -> Result<Option<String>, Error> {
-    let out = nftables::helper::get_current_ruleset_with_args(
-        nftables::helper::DEFAULT_NFT,
-        ["list", "table", "inet", TABLE],
-    );
-    let ruleset = match out {
-        Ok(r) => r,
-        // nft fails when the table does not exist: that is "nothing installed".
-        Err(nftables::helper::NftablesError::NftFailed { .. }) => return Ok(None),
-        Err(e) => return Err(nft_err("list table inet wgmesh")(e)),
-    };
-    Ok(ruleset.objects.iter().find_map(|o| match o {
-        NfObject::ListObject(NfListObject::Rule(r)) => r
-            .comment
-            .as_deref()
-            .filter(|c| c.starts_with("wgmesh:"))
-            .map(String::from),
-        _ => None,
-    }))
+    let rules = crate::netlink::nftables::chain_rules(TABLE, GUARD_CHAIN).map_err(|e| Error {
+        op: "list table inet wgmesh",
+        detail: e.to_string(),
+    })?;
+    Ok(rules
+        .into_iter()
+        .find_map(|r| r.comment.filter(|c| c.starts_with("wgmesh:"))))
 }
 
 /// Removes the table (uninstall); absent is fine.

@@ -3,9 +3,11 @@
 
 pub mod bridge;
 pub mod firewall;
+pub mod guard;
 pub mod monitor;
 pub mod node;
 pub mod peers;
+pub mod resolve;
 pub mod routes;
 
 use std::future::Future;
@@ -33,6 +35,12 @@ pub trait DataPlane: Send {
 
     /// True once the node can carry pod traffic as planned.
     fn is_ready(&self) -> bool;
+
+    /// Notified when the data plane learned something that changes how a plan applies
+    /// (an endpoint name resolved): the agent applies its plan again.
+    fn changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// A data plane that applies nothing: the agent runs its control plane only (keys,

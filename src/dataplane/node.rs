@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::resolve::Resolver;
 use super::{DataPlane, Error, bridge, firewall, peers, routes};
 use crate::key::{PrivateKey, PublicKey};
 use crate::mesh::MeshPlan;
@@ -34,6 +35,8 @@ pub struct NodeDataPlane {
     telemetry: Option<Arc<Telemetry>>,
     /// Endpoints the last plan asked for, by peer (see `peers::updates`).
     last_endpoints: BTreeMap<PublicKey, Option<SocketAddr>>,
+    /// Endpoint names, resolved in the background.
+    resolver: Resolver,
     ready: bool,
 }
 
@@ -56,6 +59,7 @@ impl NodeDataPlane {
             device: None,
             telemetry,
             last_endpoints: BTreeMap::new(),
+            resolver: Resolver::default(),
             ready: false,
         })
     }
@@ -151,10 +155,11 @@ impl NodeDataPlane {
         let mut desired = BTreeMap::new();
         // Nodes and external peers alike.
         for peer in plan.peers.values().chain(plan.external.values()) {
-            let endpoint = match &peer.endpoint {
-                Some(e) => resolve(e).await,
-                None => None,
-            };
+            let endpoint = peer.endpoint.as_ref().and_then(|e| match &e.host {
+                Host::Ip(ip) => Some(SocketAddr::new(*ip, e.port)),
+                // `None` until resolved: the peer keeps its current endpoint.
+                Host::Dns(name) => self.resolver.get(name, e.port),
+            });
             desired.insert(
                 peer.public_key,
                 PeerConfig {
@@ -178,22 +183,21 @@ impl NodeDataPlane {
             tracing::debug!(changes = update.peers.len(), "WireGuard peers updated");
         }
         self.last_endpoints = desired.iter().map(|(k, c)| (*k, c.endpoint)).collect();
+        let names: std::collections::BTreeSet<(&str, u16)> = plan
+            .peers
+            .values()
+            .chain(plan.external.values())
+            .filter_map(|p| match &p.endpoint {
+                Some(Endpoint {
+                    host: Host::Dns(name),
+                    port,
+                }) => Some((name.as_str(), *port)),
+                _ => None,
+            })
+            .collect();
+        self.resolver
+            .retain(|name, port| names.contains(&(name, port)));
         Ok(())
-    }
-}
-
-/// A planned endpoint as a socket address; DNS names are resolved now (`None` if that
-/// fails: the peer keeps its current endpoint and the next pass tries again).
-async fn resolve(endpoint: &Endpoint) -> Option<SocketAddr> {
-    match &endpoint.host {
-        Host::Ip(ip) => Some(SocketAddr::new(*ip, endpoint.port)),
-        Host::Dns(name) => match tokio::net::lookup_host((name.as_str(), endpoint.port)).await {
-            Ok(mut addrs) => addrs.next(),
-            Err(e) => {
-                tracing::warn!(endpoint = %endpoint, error = %e, "cannot resolve endpoint");
-                None
-            }
-        },
     }
 }
 
@@ -252,6 +256,10 @@ impl DataPlane for NodeDataPlane {
 
     fn is_ready(&self) -> bool {
         self.ready
+    }
+
+    fn changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.resolver.changed())
     }
 }
 

@@ -1,5 +1,10 @@
 //! The node's mesh routes: each remote pod CIDR via the mesh interface with the local
-//! gateway as source, and an unreachable route for each cluster CIDR. Adapter.
+//! gateway as source, and an unreachable route for each guarded prefix (the cluster
+//! CIDRs and every known pod range, see `mesh::plan`). Adapter.
+//!
+//! Unreachable routes carry [`GUARD_METRIC`]: a guarded prefix may equal a node's pod
+//! CIDR, and then the route through the mesh (metric 0, or IPv6's 1024) must win while
+//! it exists and the unreachable one must stay beneath it for when it does not.
 //!
 //! wgmesh marks its routes with its own routing protocol number, so reconciling lists
 //! exactly what it owns, adds what is missing and removes what is no longer planned,
@@ -16,6 +21,10 @@ use crate::netlink::{Netlink, Result, Route, RouteKind};
 /// well-known protocols.
 pub const PROTO_WGMESH: u8 = 87;
 
+/// Metric of the unreachable routes: above the kernel's defaults for unicast routes
+/// (IPv4 0, IPv6 1024), so they never displace a route of the same prefix.
+pub const GUARD_METRIC: u32 = 4096;
+
 /// What a reconcile pass changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -31,6 +40,7 @@ struct Key {
     kind: RouteKind,
     oif: Option<u32>,
     src: Option<std::net::IpAddr>,
+    metric: u32,
 }
 
 fn key(r: &Route) -> Key {
@@ -40,12 +50,15 @@ fn key(r: &Route) -> Key {
             kind: r.kind,
             oif: r.oif,
             src: r.pref_src,
+            // The kernel numbers unicast routes as it likes (IPv6: 1024).
+            metric: 0,
         },
         _ => Key {
             dst: r.dst,
             kind: r.kind,
             oif: None,
             src: None,
+            metric: r.metric.unwrap_or(0),
         },
     }
 }
@@ -68,18 +81,24 @@ pub fn desired(plan: &MeshPlan, mesh_index: Option<u32>) -> Vec<Route> {
             });
         }
     }
-    for dst in &plan.unreachable {
-        out.push(Route {
+    out.extend(unreachable(&plan.unreachable));
+    out
+}
+
+/// The guard's unreachable routes for `prefixes`.
+pub fn unreachable<'a>(prefixes: impl IntoIterator<Item = &'a IpNet>) -> Vec<Route> {
+    prefixes
+        .into_iter()
+        .map(|dst| Route {
             dst: *dst,
             kind: RouteKind::Unreachable,
             gateway: None,
             oif: None,
             pref_src: None,
             protocol: PROTO_WGMESH,
-            metric: None,
-        });
-    }
-    out
+            metric: Some(GUARD_METRIC),
+        })
+        .collect()
 }
 
 /// Makes the kernel's wgmesh routes equal to `want`.
@@ -90,16 +109,47 @@ pub async fn reconcile(nl: &Netlink, want: &[Route]) -> Result<Changes> {
     let want_keys: BTreeSet<Key> = want.iter().map(key).collect();
     let have_keys: BTreeSet<Key> = have.iter().map(key).collect();
     let mut changes = Changes::default();
+    let have_keys = &have_keys;
+    let missing = |kind: RouteKind| {
+        want.iter()
+            .filter(move |r| r.kind == kind && !have_keys.contains(&key(r)))
+    };
+    // Fail closed at every step: new unreachable routes go in before anything is
+    // removed (an old guard route is replaced only once its successor is there), and
+    // a unicast route is removed before its replacement is added, over the guard.
+    for r in missing(RouteKind::Unreachable) {
+        nl.ensure_route(r).await?;
+        changes.added.push(r.dst);
+    }
     for r in have.iter().filter(|r| !want_keys.contains(&key(r))) {
         if nl.delete_route(r).await? {
             changes.removed.push(r.dst);
         }
     }
-    for r in want.iter().filter(|r| !have_keys.contains(&key(r))) {
+    for r in missing(RouteKind::Unicast) {
         nl.replace_route(r).await?;
         changes.added.push(r.dst);
     }
     Ok(changes)
+}
+
+/// Adds the unreachable routes for `prefixes` that are missing, removing nothing: the
+/// guard a starting agent puts in place before anything else.
+pub async fn ensure_unreachable(nl: &Netlink, prefixes: &[IpNet]) -> Result<Vec<IpNet>> {
+    let want = unreachable(prefixes);
+    let mut have: Vec<Route> = nl.routes(false).await?;
+    have.extend(nl.routes(true).await?);
+    let have_keys: BTreeSet<Key> = have
+        .iter()
+        .filter(|r| r.protocol == PROTO_WGMESH)
+        .map(key)
+        .collect();
+    let mut added = Vec::new();
+    for r in want.iter().filter(|r| !have_keys.contains(&key(r))) {
+        nl.ensure_route(r).await?;
+        added.push(r.dst);
+    }
+    Ok(added)
 }
 
 /// The planned routes the kernel does not have (for readiness).

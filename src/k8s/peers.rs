@@ -32,22 +32,27 @@ pub fn peer_view(obj: &DynamicObject) -> PeerView {
     PeerView {
         name: obj.metadata.name.clone().unwrap_or_default(),
         public_key: text("publicKey"),
-        allowed_ips: spec
-            .get("allowedIPs")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(String::from)
-                            .unwrap_or_else(|| v.to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        allowed_ips: strings(spec.get("allowedIPs")),
         endpoint: text("endpoint"),
         persistent_keepalive: spec.get("persistentKeepalive").and_then(Value::as_i64),
+        allowed_destinations: strings(spec.get("allowedDestinations")),
     }
+}
+
+/// A JSON list as strings; a non-string item is kept as its JSON text, so validation
+/// reports it instead of it vanishing.
+fn strings(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A running watch of Peer objects.

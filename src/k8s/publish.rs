@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use super::Error;
-use super::translate::{NETWORK_UNAVAILABLE, READY_REASON};
+use super::translate::{NETWORK_UNAVAILABLE, NetworkCondition};
 use crate::mesh::Advertisement;
 
 /// Field manager recorded by the API server for wgmesh's changes.
@@ -21,15 +21,19 @@ pub async fn advertisement(api: &Api<Node>, node: &str, ad: &Advertisement) -> R
     patch_annotations(api, node, &ad.annotations(), "patch annotations of node").await
 }
 
-/// Sets NetworkUnavailable=False (reason WgmeshReady) on the node's status. A strategic
-/// merge patch: conditions merge by type, so the kubelet's conditions stay.
-pub async fn network_ready(api: &Api<Node>, node: &str) -> Result<(), Error> {
+/// Sets the NetworkUnavailable condition on the node's status. A strategic merge
+/// patch: conditions merge by type, so the kubelet's conditions stay.
+pub async fn network_condition(
+    api: &Api<Node>,
+    node: &str,
+    condition: &NetworkCondition,
+) -> Result<(), Error> {
     let now = Timestamp::now().to_string();
     let patch = json!({"status": {"conditions": [{
         "type": NETWORK_UNAVAILABLE,
-        "status": "False",
-        "reason": READY_REASON,
-        "message": "wgmesh is running on this node",
+        "status": if condition.unavailable { "True" } else { "False" },
+        "reason": condition.reason,
+        "message": condition.message,
         "lastTransitionTime": now,
         "lastHeartbeatTime": now,
     }]}});

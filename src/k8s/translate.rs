@@ -8,6 +8,8 @@ use crate::model::{NodeView, annotation};
 pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
 /// Reason wgmesh sets when the node's pod network is ready.
 pub const READY_REASON: &str = "WgmeshReady";
+/// Reason wgmesh sets when the node's wgmesh configuration keeps pods off the network.
+pub const MISCONFIGURED_REASON: &str = "WgmeshMisconfigured";
 
 /// The parts of a Node the mesh reads.
 pub fn node_view(node: &Node) -> NodeView {
@@ -46,17 +48,47 @@ pub fn node_view(node: &Node) -> NodeView {
     }
 }
 
-/// True when the node already says NetworkUnavailable=False because of wgmesh.
-pub fn network_ready_condition_set(node: &Node) -> bool {
+/// The NetworkUnavailable condition the agent sets: `unavailable` with a reason and a
+/// message, as on the Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkCondition {
+    pub unavailable: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl NetworkCondition {
+    /// The node carries pod traffic.
+    pub fn ready() -> Self {
+        NetworkCondition {
+            unavailable: false,
+            reason: READY_REASON.into(),
+            message: "wgmesh is running on this node".into(),
+        }
+    }
+
+    /// The node must not host pods: its wgmesh configuration is wrong.
+    pub fn misconfigured(message: String) -> Self {
+        NetworkCondition {
+            unavailable: true,
+            reason: MISCONFIGURED_REASON.into(),
+            message,
+        }
+    }
+}
+
+/// The node's NetworkUnavailable condition, if it has one.
+pub fn network_condition(node: &Node) -> Option<NetworkCondition> {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .any(|c| {
-            c.type_ == NETWORK_UNAVAILABLE
-                && c.status == "False"
-                && c.reason.as_deref() == Some(READY_REASON)
+        .find(|c| c.type_ == NETWORK_UNAVAILABLE)
+        .map(|c| NetworkCondition {
+            unavailable: c.status == "True",
+            reason: c.reason.clone().unwrap_or_default(),
+            message: c.message.clone().unwrap_or_default(),
         })
 }
 
@@ -104,19 +136,29 @@ mod tests {
     }
 
     #[test]
-    fn the_ready_condition_is_recognised_only_when_wgmesh_set_it() {
+    fn the_network_condition_is_read_with_its_reason_and_message() {
         let with = |status: &str, reason: &str| {
             node(
                 serde_json::json!({"metadata": {"name": "a"}, "status": {"conditions": [
                 {"type": "Ready", "status": "True"},
-                {"type": "NetworkUnavailable", "status": status, "reason": reason}]}}),
+                {"type": "NetworkUnavailable", "status": status, "reason": reason,
+                 "message": "wgmesh is running on this node"}]}}),
             )
         };
-        assert!(network_ready_condition_set(&with("False", "WgmeshReady")));
-        assert!(!network_ready_condition_set(&with(
-            "True",
-            "NoRouteCreated"
-        )));
-        assert!(!network_ready_condition_set(&with("False", "RouteCreated")));
+        assert_eq!(
+            network_condition(&with("False", "WgmeshReady")),
+            Some(NetworkCondition::ready())
+        );
+        let other = network_condition(&with("True", "NoRouteCreated")).unwrap();
+        assert!(other.unavailable && other.reason == "NoRouteCreated");
+        assert_ne!(
+            network_condition(&with("False", "RouteCreated")),
+            Some(NetworkCondition::ready()),
+            "another plugin's condition is not wgmesh's"
+        );
+        assert_eq!(
+            network_condition(&node(serde_json::json!({"metadata": {"name": "a"}}))),
+            None
+        );
     }
 }

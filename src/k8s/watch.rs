@@ -1,5 +1,6 @@
 //! The watch of all Nodes: kube-runtime's watcher (list, then watch; reconnect with
-//! backoff; relist on 410 Gone) feeding a reflector store. Every change wakes the
+//! a backoff capped at about a second, see [`crate::retry::WatchBackoff`]; relist on
+//! 410 Gone) feeding a reflector store. Every change wakes the
 //! reconcile loop; no polling. Adapter.
 
 use std::sync::Arc;
@@ -30,7 +31,7 @@ impl NodeWatch {
         let (store, writer) = reflector::store();
         let api: Api<Node> = Api::all(client);
         let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
+            .backoff(crate::retry::WatchBackoff::default());
         let task = tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {

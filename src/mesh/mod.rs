@@ -13,12 +13,14 @@ pub mod peer;
 pub mod plan;
 pub mod problem;
 
+use std::borrow::Cow;
+
 use ipnet::IpNet;
 
 pub use advertise::{Advertisement, advertise};
 pub use node::{ParsedNode, parse};
 pub use peer::{ParsedPeer, PeerView, parse_peer};
-pub use plan::{FirewallPlan, LocalPlan, MeshPlan, PeerPlan, RoutePlan, plan};
+pub use plan::{FirewallPlan, LocalPlan, MeshPlan, PeerIngressPlan, PeerPlan, RoutePlan, plan};
 pub use problem::{Problem, Warning};
 
 use crate::cni::{NetworkConfig, PodSubnets};
@@ -68,6 +70,22 @@ impl MeshConfig {
             ipam_lock_timeout: crate::cni::config::DEFAULT_IPAM_LOCK_TIMEOUT,
         }
     }
+}
+
+/// The most of a value from a Node or Peer that an Event or a log line quotes: any
+/// Node writer chooses those values, and they must not inflate every message about them.
+pub const QUOTE_LIMIT: usize = 256;
+
+/// `s` cut to [`QUOTE_LIMIT`] bytes (at a character boundary), saying how long it was.
+pub fn bounded(s: &str) -> Cow<'_, str> {
+    if s.len() <= QUOTE_LIMIT {
+        return Cow::Borrowed(s);
+    }
+    let mut end = QUOTE_LIMIT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}... ({} bytes)", &s[..end], s.len()))
 }
 
 #[cfg(test)]

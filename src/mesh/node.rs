@@ -1,5 +1,6 @@
 //! One node's annotations and spec, validated: what the mesh may use of it. Pure.
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use super::MeshConfig;
@@ -17,6 +18,12 @@ pub struct ParsedNode {
     pub public_key: Option<PublicKey>,
     pub endpoint: Option<Endpoint>,
     pub pod_subnets: Option<PodSubnets>,
+    /// `pod_subnets` come from spec.podCIDRs (the controller-manager's allocation), not
+    /// only from the `wgmesh.io/pod-cidrs` annotation that any Node writer can set.
+    pub pod_subnets_from_spec: bool,
+    /// Every entry of spec.podCIDRs that parses as a CIDR, valid pod subnets or not:
+    /// the node's guard covers them whatever else is wrong with the node.
+    pub spec_cidrs: Vec<IpNet>,
     /// Persistent keepalive for the peer of this node, seconds; `None` = off.
     pub persistent_keepalive: Option<u16>,
     pub problems: Vec<Problem>,
@@ -78,7 +85,9 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
             });
             None
         }
-        Some(s) => match Endpoint::parse(s, true) {
+        // The agent publishes an IP address; only an administrator's force-endpoint may
+        // name a host (resolved by the data plane, off the reconcile path).
+        Some(s) => match Endpoint::parse(s, endpoint_key == annotation::FORCE_ENDPOINT) {
             Ok(e) => Some(e),
             Err(e) => {
                 problems.push(Problem::bad_endpoint(endpoint_key, s, e));
@@ -104,7 +113,7 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
             Ok(s) => Some(s),
             Err(_) => {
                 warnings.push(Warning::InvalidPersistentKeepalive {
-                    value: v.to_string(),
+                    value: super::bounded(v).into_owned(),
                 });
                 cfg.persistent_keepalive
             }
@@ -121,6 +130,13 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
         public_key,
         endpoint,
         pod_subnets,
+        pod_subnets_from_spec: pod_subnets.is_some() && !view.pod_cidrs.is_empty(),
+        spec_cidrs: view
+            .pod_cidrs
+            .iter()
+            .filter_map(|c| c.trim().parse::<IpNet>().ok())
+            .map(|n| n.trunc())
+            .collect(),
         persistent_keepalive,
         problems,
         warnings,
@@ -152,7 +168,7 @@ fn pod_subnets(
             let agrees = PodSubnets::parse(&list).is_ok_and(|a| a == spec);
             if !agrees {
                 warnings.push(Warning::PodCidrAnnotationDisagrees {
-                    annotation: list.join(","),
+                    annotation: super::bounded(&list.join(",")).into_owned(),
                     spec: spec.to_annotation(),
                 });
             }

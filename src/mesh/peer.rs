@@ -20,6 +20,9 @@ pub struct PeerView {
     pub allowed_ips: Vec<String>,
     pub endpoint: Option<String>,
     pub persistent_keepalive: Option<i64>,
+    /// `spec.allowedDestinations`: CIDRs beyond the pod ranges the peer may reach.
+    #[serde(default)]
+    pub allowed_destinations: Vec<String>,
 }
 
 /// A validated external peer; usable only when `problems` is empty.
@@ -31,6 +34,9 @@ pub struct ParsedPeer {
     pub endpoint: Option<Endpoint>,
     pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
+    /// Destinations beyond the pod ranges (the node itself, other networks) this peer
+    /// may reach; by default it reaches pods only.
+    pub allowed_destinations: Vec<IpNet>,
     pub problems: Vec<Problem>,
 }
 
@@ -68,28 +74,18 @@ pub fn parse_peer(view: &PeerView) -> ParsedPeer {
             }
         },
     };
-    let mut allowed_ips = Vec::new();
-    for s in &view.allowed_ips {
-        match s.trim().parse::<IpNet>() {
-            Ok(n) if n.trunc() == n => allowed_ips.push(n),
-            Ok(n) => problems.push(Problem::InvalidPeerSpec {
-                field: "spec.allowedIPs",
-                error: format!("{n} has host bits set (did you mean {}?)", n.trunc()),
-            }),
-            Err(_) => problems.push(Problem::InvalidPeerSpec {
-                field: "spec.allowedIPs",
-                error: format!("{s:?} is not a CIDR"),
-            }),
-        }
-    }
+    let allowed_ips = cidrs("spec.allowedIPs", &view.allowed_ips, &mut problems);
     if view.allowed_ips.is_empty() {
         problems.push(Problem::InvalidPeerSpec {
             field: "spec.allowedIPs",
             error: "at least one CIDR is required".into(),
         });
     }
-    allowed_ips.sort();
-    allowed_ips.dedup();
+    let allowed_destinations = cidrs(
+        "spec.allowedDestinations",
+        &view.allowed_destinations,
+        &mut problems,
+    );
     let endpoint = view
         .endpoint
         .as_deref()
@@ -119,6 +115,29 @@ pub fn parse_peer(view: &PeerView) -> ParsedPeer {
         endpoint,
         allowed_ips,
         persistent_keepalive,
+        allowed_destinations,
         problems,
     }
+}
+
+/// A list of CIDRs without host bits, sorted and deduplicated; each bad entry is a
+/// problem of `field`.
+fn cidrs(field: &'static str, list: &[String], problems: &mut Vec<Problem>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for s in list {
+        match s.trim().parse::<IpNet>() {
+            Ok(n) if n.trunc() == n => out.push(n),
+            Ok(n) => problems.push(Problem::InvalidPeerSpec {
+                field,
+                error: format!("{n} has host bits set (did you mean {}?)", n.trunc()),
+            }),
+            Err(_) => problems.push(Problem::InvalidPeerSpec {
+                field,
+                error: format!("{:?} is not a CIDR", super::bounded(s)),
+            }),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

@@ -25,6 +25,10 @@ pub struct PeerPlan {
     pub allowed_ips: Vec<IpNet>,
     /// Seconds; `None` = off.
     pub persistent_keepalive: Option<u16>,
+    /// External peers only: destinations beyond the pod ranges this peer may reach
+    /// (`spec.allowedDestinations`); everything else it sends is dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_destinations: Vec<IpNet>,
 }
 
 /// A route this node needs: a remote pod CIDR through the mesh interface
@@ -42,8 +46,9 @@ pub struct RoutePlan {
 /// The node's packet filter and egress NAT.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallPlan {
-    /// Pod destinations that may leave only through `allowed_interfaces`: the cluster
-    /// CIDRs, or every known pod CIDR when none are configured.
+    /// Destinations that may leave only through `allowed_interfaces`: the cluster
+    /// CIDRs, every pod range the node knows of and external peers' ranges (see
+    /// [`guarded`]).
     pub guarded: BTreeSet<IpNet>,
     /// The mesh interface, the pod bridge and loopback.
     pub allowed_interfaces: BTreeSet<String>,
@@ -52,6 +57,27 @@ pub struct FirewallPlan {
     pub masquerade_from: BTreeSet<IpNet>,
     /// The bridge: traffic staying on it is never masqueraded.
     pub bridge: String,
+    /// The mesh interface, where external peers' packets come in.
+    #[serde(default)]
+    pub mesh_interface: String,
+    /// What external peers may reach through the mesh interface.
+    #[serde(default)]
+    pub peer_ingress: PeerIngressPlan,
+}
+
+/// Packets from external peers (laptops joining with wg-quick) may reach pods only:
+/// not the node itself (kubelet, metrics) and nothing outside the pod ranges, unless a
+/// Peer lists the destination in `spec.allowedDestinations`. Replies to connections
+/// opened from the cluster always pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerIngressPlan {
+    /// Every external peer's allowed IPs: a packet decrypted with such a source came
+    /// from an external peer (WireGuard checks the source against the sender's).
+    pub sources: BTreeSet<IpNet>,
+    /// The pod ranges: the cluster CIDRs and every node's pod CIDRs.
+    pub pod_ranges: BTreeSet<IpNet>,
+    /// Per opted-in peer (by name): its sources and the extra destinations it may reach.
+    pub extra: BTreeMap<String, (BTreeSet<IpNet>, BTreeSet<IpNet>)>,
 }
 
 /// The local node's part of the plan.
@@ -81,6 +107,10 @@ pub struct MeshPlan {
     pub firewall: FirewallPlan,
     /// MTU of the mesh interface, the bridge and pod interfaces.
     pub mtu: u32,
+    /// Why this node must not give pods a network: its own configuration is wrong
+    /// (e.g. its pod CIDR is outside `--cluster-cidr`). Empty when all is well.
+    #[serde(skip)]
+    pub local_problems: Vec<Problem>,
     /// Nodes (and `peer/<name>` external peers) left out, and why.
     #[serde(skip)]
     pub rejected: BTreeMap<String, Vec<Problem>>,
@@ -90,8 +120,11 @@ pub struct MeshPlan {
 }
 
 impl MeshPlan {
-    /// This node's CNI configuration, once it has pod CIDRs.
+    /// This node's CNI configuration, once it has pod CIDRs and no local problem.
     pub fn cni_config(&self, cfg: &MeshConfig) -> Option<NetworkConfig> {
+        if !self.local_problems.is_empty() {
+            return None;
+        }
         let local = self.local.as_ref()?;
         Some(cfg.cni_config(local.pod_subnets))
     }
@@ -106,6 +139,8 @@ struct Member<'a> {
     allowed: Vec<IpNet>,
     persistent_keepalive: Option<u16>,
     external: Option<&'a ParsedPeer>,
+    /// A node whose CIDRs are spec.podCIDRs (not only an annotation).
+    spec_backed: bool,
 }
 
 /// Computes the plan of node `local_name` from every node's and every external peer's
@@ -144,6 +179,7 @@ pub fn plan<'a>(
                 allowed: subnets.nets().collect(),
                 persistent_keepalive: node.persistent_keepalive,
                 external: None,
+                spec_backed: node.pod_subnets_from_spec,
             }),
             _ => {
                 rejected.insert(node.name.clone(), node.problems.clone());
@@ -159,6 +195,7 @@ pub fn plan<'a>(
                 allowed: peer.allowed_ips.clone(),
                 persistent_keepalive: peer.persistent_keepalive,
                 external: Some(peer),
+                spec_backed: false,
             }),
             _ => {
                 rejected.insert(peer.id(), peer.problems.clone());
@@ -180,9 +217,10 @@ pub fn plan<'a>(
             .into_iter()
             .flat_map(|s| s.nets().map(|c| (Holder::Local, c)).collect::<Vec<_>>())
     };
-    let node_cidrs = members
+    // Ranges the controller-manager allocated (spec.podCIDRs) exclude each other.
+    let spec_cidrs = members
         .iter()
-        .filter(|m| is_node(m))
+        .filter(|m| is_node(m) && m.spec_backed)
         .flat_map(|m| {
             m.allowed
                 .iter()
@@ -192,7 +230,24 @@ pub fn plan<'a>(
     file_conflicts(
         &mut rejected,
         dups,
-        conflicts::overlapping_cidrs(node_cidrs),
+        conflicts::overlapping_cidrs(spec_cidrs),
+    );
+    // A range claimed only by an annotation (any Node writer can set one) never beats
+    // nor knocks out an allocated one, usable or not: only the claimant is left out.
+    let annotation_cidrs = members
+        .iter()
+        .filter(|m| is_node(m) && !m.spec_backed)
+        .flat_map(|m| {
+            m.allowed
+                .iter()
+                .map(move |c| (Holder::Node(m.id.as_ref()), *c))
+        })
+        .chain(reserved_spec_cidrs(&nodes, local_name))
+        .chain(local_holders());
+    file_conflicts(
+        &mut rejected,
+        BTreeMap::new(),
+        conflicts::overlapping_cidrs(annotation_cidrs),
     );
 
     if members.iter().any(|m| !is_node(m)) {
@@ -225,6 +280,10 @@ pub fn plan<'a>(
             endpoint: m.endpoint,
             allowed_ips: m.allowed,
             persistent_keepalive: m.persistent_keepalive,
+            allowed_destinations: m
+                .external
+                .map(|p| p.allowed_destinations.clone())
+                .unwrap_or_default(),
         };
         match m.external {
             None => out.peers.insert(m.id.into_owned(), peer),
@@ -232,10 +291,81 @@ pub fn plan<'a>(
         };
     }
     out.rejected = rejected;
-    out.unreachable = cfg.cluster_cidrs.iter().copied().collect();
+    out.local_problems = local_problems(local_subnets, cfg);
+    let pod_ranges = pod_ranges(&nodes, &out, cfg);
+    let guarded = aggregate(
+        pod_ranges.iter().copied().chain(
+            out.external
+                .values()
+                .flat_map(|p| p.allowed_ips.iter().copied()),
+        ),
+    );
+    out.unreachable = guarded.clone();
     out.mtu = cfg.mtu;
-    out.firewall = firewall(&out, cfg);
+    out.firewall = firewall(&out, cfg, guarded, pod_ranges);
     out
+}
+
+/// spec.podCIDRs of every other node, usable or not, as ranges that win any overlap.
+fn reserved_spec_cidrs<'a>(
+    nodes: &[&'a ParsedNode],
+    local_name: &str,
+) -> impl Iterator<Item = (Holder<'a>, IpNet)> {
+    nodes
+        .iter()
+        .copied()
+        .filter(move |n| n.name != local_name && n.pod_subnets_from_spec)
+        .flat_map(|n| {
+            n.pod_subnets
+                .iter()
+                .flat_map(|s| s.nets())
+                .map(move |c| (Holder::Reserved(n.name.as_str()), c))
+                .collect::<Vec<_>>()
+        })
+}
+
+/// The local node's own configuration problems: a pod CIDR that no cluster CIDR
+/// covers (a ConfigMap copied from another cluster, an IPv4-only `--cluster-cidr` on a
+/// dual-stack cluster). Without cluster CIDRs there is nothing to check against.
+fn local_problems(local: Option<PodSubnets>, cfg: &MeshConfig) -> Vec<Problem> {
+    if cfg.cluster_cidrs.is_empty() {
+        return Vec::new();
+    }
+    local
+        .iter()
+        .flat_map(|s| s.nets())
+        .filter(|c| !cfg.cluster_cidrs.iter().any(|cc| cc.contains(c)))
+        .map(|cidr| Problem::LocalPodCidrOutsideCluster {
+            cidr,
+            cluster_cidrs: cfg.cluster_cidrs.clone(),
+        })
+        .collect()
+}
+
+/// Every pod range this node knows of: the cluster CIDRs, its own pod CIDRs, every
+/// node's spec.podCIDRs (usable or not) and the ranges of the nodes it peers with.
+/// Covering them all, not only the cluster CIDRs, keeps a wrong or empty
+/// `--cluster-cidr` from opening a path in clear.
+fn pod_ranges(nodes: &[&ParsedNode], plan: &MeshPlan, cfg: &MeshConfig) -> BTreeSet<IpNet> {
+    aggregate(
+        cfg.cluster_cidrs
+            .iter()
+            .copied()
+            .chain(plan.local.iter().flat_map(|l| l.pod_subnets.nets()))
+            .chain(nodes.iter().flat_map(|n| n.spec_cidrs.iter().copied()))
+            .chain(
+                plan.peers
+                    .values()
+                    .flat_map(|p| p.allowed_ips.iter().copied()),
+            ),
+    )
+}
+
+/// The smallest set of prefixes covering the same addresses (nested and adjacent
+/// prefixes merged), so a correct `--cluster-cidr` leaves one prefix per family.
+fn aggregate(nets: impl IntoIterator<Item = IpNet>) -> BTreeSet<IpNet> {
+    let all: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
+    IpNet::aggregate(&all).into_iter().collect()
 }
 
 /// External peers against every node, usable or not (spec.podCIDRs and node keys are
@@ -303,35 +433,51 @@ fn external_conflicts(
     file_conflicts(rejected, dups, conflicts::overlapping_cidrs(cidrs));
 }
 
-fn firewall(plan: &MeshPlan, cfg: &MeshConfig) -> FirewallPlan {
-    let local_nets: Vec<IpNet> = plan
-        .local
-        .iter()
-        .flat_map(|l| l.pod_subnets.nets())
-        .collect();
-    // External peers' ranges are guarded like pod ranges: never sent in clear, never
-    // masqueraded.
-    let external = plan
-        .external
-        .values()
-        .flat_map(|p| p.allowed_ips.iter().copied());
-    let guarded = if cfg.cluster_cidrs.is_empty() {
-        plan.peers
-            .values()
-            .flat_map(|p| p.allowed_ips.iter().copied())
-            .chain(local_nets.iter().copied())
-            .chain(external)
-            .collect()
-    } else {
-        cfg.cluster_cidrs.iter().copied().chain(external).collect()
+fn firewall(
+    plan: &MeshPlan,
+    cfg: &MeshConfig,
+    guarded: BTreeSet<IpNet>,
+    pod_ranges: BTreeSet<IpNet>,
+) -> FirewallPlan {
+    let peer_ingress = PeerIngressPlan {
+        sources: aggregate(
+            plan.external
+                .values()
+                .flat_map(|p| p.allowed_ips.iter().copied()),
+        ),
+        pod_ranges: if plan.external.is_empty() {
+            BTreeSet::new()
+        } else {
+            pod_ranges
+        },
+        extra: plan
+            .external
+            .iter()
+            .filter(|(_, p)| !p.allowed_destinations.is_empty())
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    (
+                        p.allowed_ips.iter().copied().collect(),
+                        p.allowed_destinations.iter().copied().collect(),
+                    ),
+                )
+            })
+            .collect(),
     };
     FirewallPlan {
         guarded,
         allowed_interfaces: [cfg.interface.clone(), cfg.bridge.clone(), "lo".to_string()]
             .into_iter()
             .collect(),
-        masquerade_from: local_nets.into_iter().collect(),
+        masquerade_from: plan
+            .local
+            .iter()
+            .flat_map(|l| l.pod_subnets.nets())
+            .collect(),
         bridge: cfg.bridge.clone(),
+        mesh_interface: cfg.interface.clone(),
+        peer_ingress,
     }
 }
 

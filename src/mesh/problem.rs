@@ -5,6 +5,7 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::bounded;
 use crate::cni::SubnetError;
 use crate::key::KeyError;
 use crate::model::EndpointError;
@@ -46,6 +47,12 @@ pub enum Problem {
     PodCidrOutsideCluster {
         cidr: IpNet,
     },
+    /// The local node's own pod CIDR is outside `--cluster-cidr`: the agent's
+    /// configuration is wrong, so it gives no pod a network.
+    LocalPodCidrOutsideCluster {
+        cidr: IpNet,
+        cluster_cidrs: Vec<IpNet>,
+    },
     /// Two or more nodes publish this key; none of them is used.
     DuplicatePublicKey {
         others: Vec<String>,
@@ -76,25 +83,36 @@ pub enum Problem {
 }
 
 impl Problem {
+    // Values and errors quoting them are bounded (`super::bounded`): a Node writer
+    // chooses them.
     pub(crate) fn bad_key(key: &'static str, e: KeyError) -> Self {
         Problem::InvalidPublicKey {
             key,
-            error: e.to_string(),
+            error: bounded(&e.to_string()).into_owned(),
         }
     }
 
     pub(crate) fn bad_endpoint(key: &'static str, value: &str, e: EndpointError) -> Self {
+        // The error quotes the value again: say only what is wrong with it.
+        let error = match e {
+            EndpointError::NoPort(_) => "no port (expected IP:PORT, or [IPv6]:PORT)",
+            EndpointError::BadPort(_) => "invalid port (1-65535)",
+            EndpointError::BadHost(_) => "not an IP address or DNS name",
+            EndpointError::DnsNotAllowed(_) => {
+                "a DNS name is not allowed here, only an IP address (names are for wgmesh.io/force-endpoint)"
+            }
+        };
         Problem::InvalidEndpoint {
             key,
-            value: value.to_string(),
-            error: e.to_string(),
+            value: bounded(value).into_owned(),
+            error: error.to_string(),
         }
     }
 
     pub(crate) fn bad_cidrs(source: &'static str, e: SubnetError) -> Self {
         Problem::InvalidPodCidrs {
             source,
-            error: e.to_string(),
+            error: bounded(&e.to_string()).into_owned(),
         }
     }
 
@@ -115,6 +133,7 @@ impl Problem {
             Problem::NoPodCidrs => "NoPodCIDRs",
             Problem::InvalidPodCidrs { .. } => "InvalidPodCIDRs",
             Problem::PodCidrOutsideCluster { .. } => "PodCIDROutsideCluster",
+            Problem::LocalPodCidrOutsideCluster { .. } => "ClusterCIDRMisconfigured",
             Problem::DuplicatePublicKey { .. } => "DuplicatePublicKey",
             Problem::PublicKeyOfThisNode | Problem::PublicKeyOfNode { .. } => "DuplicatePublicKey",
             Problem::OverlappingPodCidr { .. }
@@ -150,6 +169,35 @@ impl fmt::Display for Problem {
             Problem::InvalidPodCidrs { source, error } => write!(f, "{source}: {error}"),
             Problem::PodCidrOutsideCluster { cidr } => {
                 write!(f, "pod CIDR {cidr} is outside the cluster CIDRs")
+            }
+            Problem::LocalPodCidrOutsideCluster {
+                cidr,
+                cluster_cidrs,
+            } => {
+                let family = if cidr.addr().is_ipv6() {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                };
+                let list = cluster_cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let same_family = cluster_cidrs
+                    .iter()
+                    .any(|c| c.addr().is_ipv6() == cidr.addr().is_ipv6());
+                let why = if same_family {
+                    "is not inside".to_string()
+                } else {
+                    format!("has no {family} prefix in")
+                };
+                write!(
+                    f,
+                    "this node's pod CIDR {cidr} (spec.podCIDRs) {why} --cluster-cidr {list}: \
+                     no pod gets a network on this node until --cluster-cidr covers every pod \
+                     range (the wgmesh-config ConfigMap's cluster-cidr)"
+                )
             }
             Problem::DuplicatePublicKey { others } => {
                 write!(

@@ -130,17 +130,252 @@ fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
     assert_eq!(ifaces, ["lo", "wgmesh-br", "wgmesh0"]);
 }
 
+fn strings<T: ToString>(set: &std::collections::BTreeSet<T>) -> Vec<String> {
+    set.iter().map(ToString::to_string).collect()
+}
+
 #[test]
-fn without_cluster_cidrs_every_known_pod_cidr_is_guarded_and_nothing_is_unreachable() {
+fn without_cluster_cidrs_every_known_pod_range_is_guarded_and_unreachable() {
     let cfg = MeshConfig::default();
-    let parsed: Vec<ParsedNode> = [node("a", 1), node("b", 2), node("c", 3)]
+    // d is left out (no key) and e's spec.podCIDRs are not valid pod subnets: their
+    // allocated ranges are guarded all the same.
+    let views = [
+        node("a", 1),
+        node("b", 2),
+        node("c", 3),
+        unset(node("d", 7), annotation::PUBLIC_KEY),
+        with(node("e", 9), |v| {
+            v.pod_cidrs = vec!["10.244.9.0/24".into(), "10.244.10.0/24".into()]
+        }),
+    ];
+    let parsed: Vec<ParsedNode> = views.iter().map(|v| parse(v, &cfg)).collect();
+    let p = plan("a", Some(&key(1)), &parsed, NO_PEERS, &cfg);
+    assert_eq!(peers(&p), ["b", "c"]);
+    assert_eq!(
+        strings(&p.unreachable),
+        [
+            "10.244.1.0/24",
+            "10.244.2.0/23",
+            "10.244.7.0/24",
+            "10.244.9.0/24",
+            "10.244.10.0/24"
+        ]
+    );
+    assert_eq!(p.firewall.guarded, p.unreachable);
+    assert!(p.local_problems.is_empty(), "nothing to check against");
+    assert!(p.cni_config(&cfg).is_some());
+}
+
+#[test]
+fn the_guard_covers_the_cluster_cidrs_and_every_pod_range_even_outside_them() {
+    // --cluster-cidr copied from another cluster: the guard still covers every pod
+    // range, so nothing can leave in clear, and the node refuses to host pods.
+    let cfg = MeshConfig {
+        cluster_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+        ..MeshConfig::default()
+    };
+    let parsed: Vec<ParsedNode> = [node("a", 1), node("b", 2), node("c", 4)]
         .iter()
         .map(|v| parse(v, &cfg))
         .collect();
     let p = plan("a", Some(&key(1)), &parsed, NO_PEERS, &cfg);
-    let guarded: Vec<String> = p.firewall.guarded.iter().map(ToString::to_string).collect();
-    assert_eq!(guarded, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
-    assert!(p.unreachable.is_empty());
+    assert_eq!(
+        strings(&p.unreachable),
+        [
+            "10.96.0.0/16",
+            "10.244.1.0/24",
+            "10.244.2.0/24",
+            "10.244.4.0/24"
+        ]
+    );
+    assert_eq!(p.firewall.guarded, p.unreachable);
+    assert_eq!(
+        p.local_problems
+            .iter()
+            .map(|p| (p.reason(), p.to_string()))
+            .collect::<Vec<_>>(),
+        [(
+            "ClusterCIDRMisconfigured",
+            "this node's pod CIDR 10.244.1.0/24 (spec.podCIDRs) is not inside --cluster-cidr \
+             10.96.0.0/16: no pod gets a network on this node until --cluster-cidr covers \
+             every pod range (the wgmesh-config ConfigMap's cluster-cidr)"
+                .to_string()
+        )]
+    );
+    assert!(
+        p.cni_config(&cfg).is_none(),
+        "no conflist on a misconfigured node"
+    );
+}
+
+#[test]
+fn a_pod_cidr_family_without_a_cluster_cidr_is_a_local_problem() {
+    let dual = |v: NodeView, i: u8| with(v, |v| v.pod_cidrs.push(format!("fd00:10:244:{i}::/64")));
+    type Case = (
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let cases: &[Case] = &[
+        (
+            "both families covered",
+            &["10.244.0.0/16", "fd00:10:244::/56"],
+            &[],
+        ),
+        (
+            "IPv4-only flag on a dual-stack cluster",
+            &["10.244.0.0/16"],
+            &[
+                "fd00:10:244:1::/64 (spec.podCIDRs) has no IPv6 prefix in --cluster-cidr 10.244.0.0/16",
+            ],
+        ),
+        (
+            "IPv6 prefix of another cluster",
+            &["10.244.0.0/16", "fd00:99::/56"],
+            &[
+                "fd00:10:244:1::/64 (spec.podCIDRs) is not inside --cluster-cidr 10.244.0.0/16,fd00:99::/56",
+            ],
+        ),
+        ("no flag at all", &[], &[]),
+    ];
+    for (what, cluster, want) in cases {
+        let cfg = MeshConfig {
+            cluster_cidrs: cluster.iter().map(|c| c.parse().unwrap()).collect(),
+            ..MeshConfig::default()
+        };
+        let parsed: Vec<ParsedNode> = [dual(node("a", 1), 1), dual(node("b", 2), 2)]
+            .iter()
+            .map(|v| parse(v, &cfg))
+            .collect();
+        let p = plan("a", Some(&key(1)), &parsed, NO_PEERS, &cfg);
+        let got: Vec<String> = p.local_problems.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert!(g.contains(w), "{what}: {g:?} does not say {w:?}");
+        }
+        assert_eq!(p.cni_config(&cfg).is_none(), !want.is_empty(), "{what}");
+        // Either way, both families of every pod range are guarded.
+        for range in ["10.244.1.0/24", "fd00:10:244:1::/64", "fd00:10:244:2::/64"] {
+            let range: IpNet = range.parse().unwrap();
+            assert!(
+                p.unreachable.iter().any(|u| u.contains(&range)),
+                "{what}: {range} unguarded in {:?}",
+                p.unreachable
+            );
+        }
+    }
+}
+
+#[test]
+fn an_annotation_only_range_never_beats_nor_knocks_out_an_allocated_one() {
+    // A node without spec.podCIDRs (before the controller-manager allocated it, or a
+    // hostile Node writer) claims ranges by annotation only.
+    let spec_less = |name: &str, i: u8, claim: &str| {
+        with(set(node(name, i), annotation::POD_CIDRS, claim), |v| {
+            v.pod_cidrs.clear()
+        })
+    };
+    type Case = (
+        &'static str,
+        Vec<NodeView>,
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "claims the whole cluster range",
+            vec![
+                node("a", 1),
+                node("b", 2),
+                node("c", 3),
+                spec_less("x", 9, "10.244.0.0/16"),
+            ],
+            &["b", "c"],
+            &[("x", "OverlappingPodCIDR")],
+        ),
+        (
+            "claims a range allocated to a node that is not usable yet",
+            vec![
+                node("a", 1),
+                unset(node("b", 2), annotation::PUBLIC_KEY),
+                spec_less("x", 9, "10.244.2.0/25"),
+            ],
+            &[],
+            &[("b", "MissingAnnotation"), ("x", "OverlappingPodCIDR")],
+        ),
+        (
+            "claims a free range",
+            vec![
+                node("a", 1),
+                node("b", 2),
+                spec_less("x", 9, "10.244.9.0/24"),
+            ],
+            &["b", "x"],
+            &[],
+        ),
+        (
+            "two annotation-only claims of one range",
+            vec![
+                node("a", 1),
+                spec_less("x", 8, "10.244.9.0/24"),
+                spec_less("y", 9, "10.244.9.0/25"),
+            ],
+            &[],
+            &[("x", "OverlappingPodCIDR"), ("y", "OverlappingPodCIDR")],
+        ),
+        (
+            "two allocated ranges overlapping: both out, as before",
+            vec![
+                node("a", 1),
+                node("b", 2),
+                with(node("c", 3), |v| v.pod_cidrs = vec!["10.244.2.0/25".into()]),
+            ],
+            &[],
+            &[("b", "OverlappingPodCIDR"), ("c", "OverlappingPodCIDR")],
+        ),
+    ];
+    for (what, views, want_peers, want_rejected) in cases {
+        let p = plan_of(&views);
+        assert_eq!(peers(&p), *want_peers, "{what}");
+        let rejected: Vec<(&str, &str)> = p
+            .rejected
+            .iter()
+            .map(|(n, probs)| (n.as_str(), probs[0].reason()))
+            .collect();
+        assert_eq!(rejected, *want_rejected, "{what}");
+    }
+    // The message tells who keeps the range.
+    let p = plan_of(&[
+        node("a", 1),
+        node("b", 2),
+        spec_less("x", 9, "10.244.2.0/25"),
+    ]);
+    assert_eq!(
+        p.rejected["x"][0].to_string(),
+        "10.244.2.0/25 overlaps pod CIDR 10.244.2.0/24 of node b; the node keeps it"
+    );
+}
+
+#[test]
+fn values_quoted_in_problems_are_bounded() {
+    let long = format!("{}:51820", "é".repeat(5_000));
+    let p = plan_of(&[node("a", 1), set(node("b", 2), annotation::ENDPOINT, &long)]);
+    let text = p.rejected["b"][0].to_string();
+    assert!(text.len() < 2 * QUOTE_LIMIT, "{} bytes", text.len());
+    assert!(text.contains("(10006 bytes)"), "{text}");
+    let p = plan_of(&[
+        node("a", 1),
+        set(node("b", 2), annotation::POD_CIDRS, &"1".repeat(100_000)),
+    ]);
+    let warning = p.warnings["b"][0].to_string();
+    assert!(warning.len() < 2 * QUOTE_LIMIT, "{} bytes", warning.len());
+    let p = plan_of(&[
+        node("a", 1),
+        with(unset(node("b", 2), annotation::POD_CIDRS), |v| {
+            v.pod_cidrs = vec!["x".repeat(100_000)]
+        }),
+    ]);
+    assert!(p.rejected["b"][0].to_string().len() < 2 * QUOTE_LIMIT);
 }
 
 #[test]
@@ -190,7 +425,17 @@ fn malformed_nodes_are_left_out_with_the_reason_and_the_rest_is_unaffected() {
             "endpoint without port",
             set(node("b", 2), annotation::ENDPOINT, "192.0.2.2"),
             &["InvalidEndpoint"],
-            "has no port",
+            "no port",
+        ),
+        (
+            "DNS name in the agent-written endpoint",
+            set(
+                node("b", 2),
+                annotation::ENDPOINT,
+                "node-b.example.net:51820",
+            ),
+            &["InvalidEndpoint"],
+            "DNS name is not allowed here",
         ),
         (
             "endpoint port 0",
@@ -505,6 +750,7 @@ fn peer_view(
         allowed_ips: allowed.iter().map(|s| s.to_string()).collect(),
         endpoint: endpoint.map(String::from),
         persistent_keepalive: Some(25),
+        allowed_destinations: Vec::new(),
     }
 }
 

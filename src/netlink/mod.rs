@@ -9,6 +9,7 @@
 mod addr;
 mod link;
 mod netns;
+pub mod nftables;
 mod route;
 
 pub use link::{BridgeSpec, Link, VethSpec};

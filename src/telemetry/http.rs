@@ -18,7 +18,7 @@ async fn metrics(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        t.encode(),
+        t.encode().to_string(),
     )
 }
 

@@ -62,7 +62,17 @@ pub struct Telemetry {
     conflist: PathBuf,
     /// /healthz fails when the loop has not turned for this long.
     stale_after: Duration,
+    /// Why the node's own configuration keeps pods off the network, if it does.
+    blocked: RwLock<Option<String>>,
+    /// The last readiness verdict and when it was computed: probes in a tight loop
+    /// cost one kernel check per [`REFRESH`], not one each.
+    readiness_cache: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// The last /metrics text and when it was encoded, for the same reason.
+    metrics_cache: std::sync::Mutex<Option<(Instant, Arc<str>)>>,
 }
+
+/// How long a readiness verdict or a metrics text is served before being recomputed.
+const REFRESH: Duration = Duration::from_secs(1);
 
 impl Telemetry {
     pub fn new(readiness: Readiness, conflist: PathBuf, resync_interval: Duration) -> Arc<Self> {
@@ -110,6 +120,9 @@ impl Telemetry {
             readiness,
             conflist,
             stale_after: (resync_interval * 3).max(Duration::from_secs(60)),
+            blocked: RwLock::new(None),
+            readiness_cache: tokio::sync::Mutex::new(None),
+            metrics_cache: std::sync::Mutex::new(None),
         })
     }
 
@@ -153,12 +166,29 @@ impl Telemetry {
         write(&self.observed).device = device;
     }
 
-    /// The metrics in the Prometheus text format.
-    pub fn encode(&self) -> String {
+    /// Why this node gives no pod a network (its own configuration is wrong), or
+    /// `None`; readiness fails with the reason while it is set.
+    pub fn set_blocked(&self, why: Option<&str>) {
+        let mut blocked = write(&self.blocked);
+        if blocked.as_deref() != why {
+            *blocked = why.map(String::from);
+        }
+    }
+
+    /// The metrics in the Prometheus text format, encoded at most once per [`REFRESH`].
+    pub fn encode(&self) -> Arc<str> {
+        let mut cache = self.metrics_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, text)) = cache.as_ref()
+            && at.elapsed() < REFRESH
+        {
+            return Arc::clone(text);
+        }
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
-        out
+        let text: Arc<str> = out.into();
+        *cache = Some((Instant::now(), Arc::clone(&text)));
+        text
     }
 
     /// Liveness: the loop turned recently.
@@ -174,10 +204,27 @@ impl Telemetry {
         Ok(())
     }
 
-    /// Readiness: synced once, CNI config written, and the data plane in place.
+    /// Readiness: synced once, the node's configuration usable, CNI config written, and
+    /// the data plane in place; checked against the kernel at most once per
+    /// [`REFRESH`], however often it is asked.
     pub async fn ready(&self) -> Result<(), String> {
+        let mut cache = self.readiness_cache.lock().await;
+        if let Some((at, verdict)) = cache.as_ref()
+            && at.elapsed() < REFRESH
+        {
+            return verdict.clone();
+        }
+        let verdict = self.check_ready().await;
+        *cache = Some((Instant::now(), verdict.clone()));
+        verdict
+    }
+
+    async fn check_ready(&self) -> Result<(), String> {
         if !self.synced.load(Ordering::Relaxed) {
             return Err("no successful reconcile yet".into());
+        }
+        if let Some(why) = read(&self.blocked).clone() {
+            return Err(why);
         }
         if !self.conflist.exists() {
             return Err(format!(
@@ -263,16 +310,62 @@ mod tests {
             .build()
             .unwrap();
         assert!(
-            rt.block_on(t.ready())
+            rt.block_on(t.check_ready())
                 .unwrap_err()
                 .contains("no successful reconcile")
         );
         t.reconciled(Duration::ZERO, Ok(&MeshPlan::default()));
-        assert!(rt.block_on(t.ready()).unwrap_err().contains("CNI config"));
+        assert!(
+            rt.block_on(t.check_ready())
+                .unwrap_err()
+                .contains("CNI config")
+        );
         std::fs::write(&conflist, "{}").unwrap();
-        assert!(rt.block_on(t.ready()).is_ok());
+        assert!(rt.block_on(t.check_ready()).is_ok());
         // A failed pass after the first sync (e.g. the API server is down) keeps it ready.
         t.reconciled(Duration::ZERO, Err(()));
-        assert!(rt.block_on(t.ready()).is_ok());
+        assert!(rt.block_on(t.check_ready()).is_ok());
+        // A node whose own configuration is wrong is not ready, conflist or not.
+        t.set_blocked(Some(
+            "pod CIDR 10.244.1.0/24 outside --cluster-cidr 10.96.0.0/16",
+        ));
+        assert!(
+            rt.block_on(t.check_ready())
+                .unwrap_err()
+                .contains("outside --cluster-cidr")
+        );
+        t.set_blocked(None);
+        assert!(rt.block_on(t.check_ready()).is_ok());
+    }
+
+    #[test]
+    fn probes_in_a_tight_loop_reuse_one_verdict_and_one_metrics_text_per_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let conflist = dir.path().join("10-wgmesh.conflist");
+        let t = Telemetry::new(
+            Readiness::ControlPlaneOnly,
+            conflist,
+            Duration::from_secs(30),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(t.ready()).is_err(), "not synced yet");
+        t.reconciled(Duration::ZERO, Ok(&MeshPlan::default()));
+        // Within the refresh interval the cached verdict stands (the CNI config is
+        // still missing either way, so only the cache can answer "not synced").
+        assert!(
+            rt.block_on(t.ready())
+                .unwrap_err()
+                .contains("no successful reconcile"),
+            "served from the cache"
+        );
+        let first = t.encode();
+        t.reconciled(Duration::ZERO, Err(()));
+        assert!(
+            Arc::ptr_eq(&first, &t.encode()),
+            "the same text within a second"
+        );
+        assert!(first.contains("wgmesh_reconcile_errors_total 0"));
     }
 }

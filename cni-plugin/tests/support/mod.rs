@@ -69,8 +69,16 @@ impl Reply {
 }
 
 impl Node {
-    /// A node with `subnets` as its pod CIDRs on bridge `wgmesh-br`.
+    /// A node with `subnets` as its pod CIDRs on bridge `wgmesh-br`, guarded as the
+    /// agent guards it (wgmesh-cni refuses ADD otherwise).
     pub fn new(subnets: &[&str]) -> Self {
+        let node = Self::unguarded(subnets);
+        wgmesh_testkit::guard::install(&node.ns, subnets, "wgmesh-br");
+        node
+    }
+
+    /// A node whose agent has not installed the guard (yet): a fresh or rebooted node.
+    pub fn unguarded(subnets: &[&str]) -> Self {
         let ns = TestNs::new("node");
         let data = tempfile::tempdir().expect("tempdir");
         let conf = json!({

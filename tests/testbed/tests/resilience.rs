@@ -266,14 +266,15 @@ fn pods_keep_talking_through_an_api_server_outage_and_an_agent_restart_in_it() {
             dump.contains("\t7").then_some(())
         },
     );
-    // The watch retried with backoff, not in a tight loop.
+    // The watch retried with backoff (capped at about a second, so that a change
+    // right after the outage arrives within ~2 s), not in a tight loop.
     let retries = tb
         .node(0)
         .agent_log()
         .matches("retrying with backoff")
         .count();
     eprintln!("FIGURE watch retries logged by node0 during the outage: {retries}");
-    assert!(retries < 60, "{retries} retries in a minute");
+    assert!(retries < 150, "{retries} retries in a minute");
 }
 
 #[test]

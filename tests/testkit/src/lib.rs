@@ -9,6 +9,7 @@
 //! Shelling out to `ip` is fine here: this is test scaffolding, not the product.
 
 pub mod apiserver;
+pub mod guard;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -111,6 +112,23 @@ where
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs `cmd` with `input` on its stdin and returns its output whatever the status.
+pub fn output_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"))
 }
 
 /// Polls `cond` every 10 ms until it returns `Some`, or panics after `timeout` with
