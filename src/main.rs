@@ -138,9 +138,11 @@ struct AgentArgs {
     /// Where the node's CNI conflist is written.
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
-    /// The whole pod range (comma-separated); node CIDRs outside it are refused.
-    #[arg(long, value_delimiter = ',')]
-    cluster_cidr: Vec<IpNet>,
+    /// The whole pod range (comma-separated); node CIDRs outside it are refused, and a
+    /// node whose own pod CIDR is outside it hosts no pods. Empty: every pod range
+    /// known from the Nodes is guarded instead (see the README).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr_or_empty)]
+    cluster_cidr: Vec<Option<IpNet>>,
     /// WireGuard UDP port.
     #[arg(long, default_value_t = 51820)]
     listen_port: u16,
@@ -168,6 +170,22 @@ struct AgentArgs {
     /// Full recompute and re-apply at least this often, even without changes.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
+}
+
+/// A CIDR, or nothing for an empty value (`--cluster-cidr=` from an empty ConfigMap).
+fn parse_cidr_or_empty(s: &str) -> Result<Option<IpNet>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    match s.parse::<IpNet>() {
+        Ok(n) if n.trunc() == n => Ok(Some(n)),
+        Ok(n) => Err(format!(
+            "{s} has host bits set (did you mean {}?)",
+            n.trunc()
+        )),
+        Err(_) => Err(format!("{s:?} is not a CIDR like 10.244.0.0/16")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -291,7 +309,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir,
         cni_conf_dir: a.cni_conf_dir,
         mesh: MeshConfig {
-            cluster_cidrs: a.cluster_cidr,
+            cluster_cidrs: a.cluster_cidr.into_iter().flatten().collect(),
             persistent_keepalive: (a.persistent_keepalive > 0).then_some(a.persistent_keepalive),
             interface: a.interface,
             listen_port: a.listen_port,

@@ -420,3 +420,254 @@ async fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
         "the private key appears in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_right_after_an_api_server_outage_reaches_every_agent_within_two_seconds() {
+    let mut server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    create_nodes(&nodes, 2).await;
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
+        .collect();
+    agents[0].wait_for_peers(&["n2"], WAIT);
+    agents[1].wait_for_peers(&["n1"], WAIT);
+
+    // 20 s without an API server: the watches back off meanwhile.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    server.restart();
+    let back = Instant::now();
+    let nodes: Api<Node> = Api::all(server.client().await);
+    let mut n3 = node("n3", "192.0.2.3", "10.244.3.0/24");
+    n3.metadata.annotations = Some(BTreeMap::from([
+        (
+            "wgmesh.io/public-key".to_string(),
+            PrivateKey::generate().unwrap().public_key().to_base64(),
+        ),
+        (
+            "wgmesh.io/endpoint".to_string(),
+            "192.0.2.3:51820".to_string(),
+        ),
+    ]));
+    create_node(&nodes, &n3).await;
+    agents[0].wait_for_peers(&["n2", "n3"], WAIT);
+    agents[1].wait_for_peers(&["n1", "n3"], WAIT);
+    let took = back.elapsed();
+    eprintln!(
+        "FIGURE a node joining right after a 20 s API outage reached every agent in {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "{took:?} after the API server was back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_garbage_values_from_one_node_make_a_bounded_number_of_events() {
+    let server = TestApiServer::start(&[]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    create_nodes(&nodes, 1).await;
+    let agent = Agent::start(&server, "n1", &[]);
+    let mut noisy = node("noisy", "192.0.2.9", "10.244.9.0/24");
+    noisy.metadata.annotations = Some(BTreeMap::from([(
+        "wgmesh.io/public-key".to_string(),
+        PrivateKey::generate().unwrap().public_key().to_base64(),
+    )]));
+    create_node(&nodes, &noisy).await;
+    agent.wait_for_peers(&[], WAIT);
+    // A hostile or broken Node writer: 1,000 distinct, long, malformed endpoints.
+    let started = Instant::now();
+    for i in 0..1000 {
+        let value = format!("{i}-{}", "x".repeat(4000));
+        let patch = json!({"metadata": {"annotations": {"wgmesh.io/endpoint": value}}});
+        nodes
+            .patch("noisy", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "within a minute"
+    );
+    // Let the agent catch up with the last value, then count.
+    let events: Api<Event> = Api::all(client.clone());
+    let about_noisy = || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("noisy"))
+            .collect::<Vec<Event>>()
+    };
+    eventually(WAIT, "the first Events", || async {
+        (!about_noisy().await.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = about_noisy().await;
+    eprintln!(
+        "FIGURE 1,000 garbage values from one node: {} Events",
+        seen.len()
+    );
+    assert!(
+        seen.len() <= 12,
+        "{} Events about one node in a minute",
+        seen.len()
+    );
+    for e in &seen {
+        let message = e.message.as_deref().unwrap_or_default();
+        assert!(message.len() <= 1100, "an Event of {} bytes", message.len());
+    }
+    let log = agent.log();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2000, "a log line of {longest} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_only_cluster_cidr_on_a_dual_stack_node_keeps_it_from_hosting_pods() {
+    let server = TestApiServer::start(&[]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut dual = node("n1", "192.0.2.1", "10.244.1.0/24");
+    if let Some(spec) = dual.spec.as_mut() {
+        spec.pod_cidrs = Some(vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()]);
+    }
+    create_node(&nodes, &dual).await;
+    let agent = Agent::start(&server, "n1", &[]);
+    let condition = eventually(WAIT, "NetworkUnavailable=True", || async {
+        let n = nodes.get("n1").await.ok()?;
+        n.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+    })
+    .await;
+    assert_eq!(condition.reason.as_deref(), Some("WgmeshMisconfigured"));
+    let message = condition.message.unwrap_or_default();
+    assert!(
+        message.contains("fd00:10:244:1::/64") && message.contains("no IPv6 prefix"),
+        "{message}"
+    );
+    assert!(
+        !agent.cni_dir().join("10-wgmesh.conflist").exists(),
+        "no conflist on a node whose IPv6 pods would be unguarded"
+    );
+    let events: Api<Event> = Api::all(client.clone());
+    eventually(WAIT, "an Event naming both values", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                let m = e.message.as_deref().unwrap_or_default();
+                e.reason.as_deref() == Some("ClusterCIDRMisconfigured")
+                    && m.contains("fd00:10:244:1::/64")
+                    && m.contains("10.244.0.0/16")
+            })
+    })
+    .await;
+    assert!(agent.log().contains("ERROR"), "an error is logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_files_left_by_a_crashed_pid_1_do_not_block_the_first_pass() {
+    wgmesh_testkit::require_root!();
+    let server = TestApiServer::start(&[]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    create_nodes(&nodes, 2).await;
+    let peer = Agent::start(&server, "n2", &[]);
+    // In its container the agent is PID 1, and so was the agent that crashed mid-write
+    // before it: its temporary files carry the same pid.
+    let dir = tempfile::Builder::new()
+        .prefix("wgmesh-agent-")
+        .tempdir()
+        .expect("tempdir");
+    let mut agent = Agent {
+        name: "n1".into(),
+        dir,
+        proc: None,
+    };
+    std::fs::create_dir_all(agent.state_dir()).unwrap();
+    std::fs::create_dir_all(agent.cni_dir()).unwrap();
+    for (dir, file) in [
+        (agent.state_dir(), "private.key"),
+        (agent.state_dir(), "mesh.json"),
+        (agent.cni_dir(), "10-wgmesh.conflist"),
+    ] {
+        std::fs::write(dir.join(format!(".{file}.tmp.1")), "half-written").unwrap();
+    }
+    agent.spawn_in(
+        &server,
+        &[],
+        &["unshare", "--pid", "--fork", "--kill-child"],
+    );
+    agent.wait_for_peers(&["n2"], WAIT);
+    peer.wait_for_peers(&["n1"], WAIT);
+    assert!(agent.cni_dir().join("10-wgmesh.conflist").exists());
+    let log = agent.log();
+    assert!(
+        !log.contains("reconcile failed"),
+        "the first pass failed on a stale temporary file:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_spec_pod_cidrs_claiming_the_whole_range_is_refused_alone() {
+    let server = TestApiServer::start(&[]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    create_nodes(&nodes, 2).await;
+    let agents: Vec<Agent> = (1..=2)
+        .map(|i| Agent::start(&server, &format!("n{i}"), &[]))
+        .collect();
+    agents[0].wait_for_peers(&["n2"], WAIT);
+    // Registered by a hostile Node writer, before (or without) any allocation.
+    let mut claim = node("greedy", "192.0.2.66", "10.244.66.0/24");
+    if let Some(spec) = claim.spec.as_mut() {
+        spec.pod_cidr = None;
+        spec.pod_cidrs = None;
+    }
+    claim.metadata.annotations = Some(BTreeMap::from([
+        (
+            "wgmesh.io/public-key".to_string(),
+            PrivateKey::generate().unwrap().public_key().to_base64(),
+        ),
+        (
+            "wgmesh.io/endpoint".to_string(),
+            "192.0.2.66:51820".to_string(),
+        ),
+        (
+            "wgmesh.io/pod-cidrs".to_string(),
+            "10.244.0.0/16".to_string(),
+        ),
+    ]));
+    create_node(&nodes, &claim).await;
+    let events: Api<Event> = Api::all(client.clone());
+    let event = eventually(WAIT, "an Event about node greedy", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.involved_object.name.as_deref() == Some("greedy"))
+    })
+    .await;
+    let message = event.message.unwrap_or_default();
+    assert!(message.contains("the node keeps it"), "{message}");
+    // The allocated ranges keep working: n1 and n2 still peer; greedy is out.
+    agents[0].wait_for_peers(&["n2"], WAIT);
+    agents[1].wait_for_peers(&["n1"], WAIT);
+    let routes = agents[0].mesh().expect("a plan")["routes"].clone();
+    assert!(
+        routes
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["node"] != "greedy")),
+        "{routes}"
+    );
+}

@@ -86,12 +86,25 @@ impl Agent {
     }
 
     pub fn spawn(&mut self, api: &TestApiServer, extra: &[&str]) {
+        self.spawn_in(api, extra, &[]);
+    }
+
+    /// Like [`Agent::spawn`], with `wrapper` (a command and its arguments, e.g.
+    /// `unshare --pid --fork`) running the agent.
+    pub fn spawn_in(&mut self, api: &TestApiServer, extra: &[&str], wrapper: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("log");
-        let mut cmd = Command::new(workspace_bin("wgmesh"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(workspace_bin("wgmesh"));
+                c
+            }
+            None => Command::new(workspace_bin("wgmesh")),
+        };
         cmd.args(["agent", "--node-name", &self.name])
             .arg("--kubeconfig")
             .arg(api.kubeconfig())

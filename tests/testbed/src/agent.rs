@@ -63,9 +63,13 @@ impl Agent {
         let mut cmd = holder.command(workspace_bin("wgmesh"));
         cmd.args(["agent", "--node-name", &self.node_name])
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["--cluster-cidr", CLUSTER_CIDR])
-            .args(extra)
+            .arg(&self.kubeconfig);
+        // The DaemonSet's --cluster-cidr, unless the test passes its own
+        // (`--cluster-cidr=` for an empty ConfigMap value).
+        if !extra.iter().any(|a| a.starts_with("--cluster-cidr")) {
+            cmd.args(["--cluster-cidr", CLUSTER_CIDR]);
+        }
+        cmd.args(extra)
             .env("RUST_LOG", RUST_LOG)
             // A log file, not a terminal: no colour codes.
             .env("NO_COLOR", "1")
@@ -94,6 +98,16 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(10));
         }
         // Proc's drop kills it if it still runs and reaps it.
+    }
+
+    /// Kills the agent with SIGKILL and reaps it: no shutdown code runs. A no-op when
+    /// it is not running.
+    pub fn kill(&self) {
+        if let Some(proc) = self.proc.lock().expect("agent lock").take() {
+            proc.signal(libc::SIGKILL);
+            // Proc's drop reaps it.
+            drop(proc);
+        }
     }
 
     /// True while the agent process runs (false after it crashed or was stopped).

@@ -265,6 +265,12 @@ pub fn iperf3(a: &Pod, b: &Pod, seconds: u32) -> (f64, u64) {
 
 /// utime + stime of a process (all its threads), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
+    process_cpu_seconds(pid, false)
+}
+
+/// utime + stime of a process (all its threads), in seconds; with `children`, plus the
+/// time of the children it waited for (the commands it ran).
+pub fn process_cpu_seconds(pid: u32, children: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at state (field 3).
     let fields: Vec<&str> = stat
@@ -280,5 +286,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     // utime is field 14, stime 15: index 11 and 12 after the state.
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) as f64 / hz
+    // cutime and cstime, fields 16 and 17, follow.
+    let waited = if children { ticks(13) + ticks(14) } else { 0 };
+    (ticks(11) + ticks(12) + waited) as f64 / hz
 }

@@ -54,7 +54,7 @@ use wgmesh_testkit::unique_name;
 pub use crate::capture::{Capture, Packet};
 pub use crate::exec::Exec;
 pub use crate::node::Node;
-pub use crate::pod::Pod;
+pub use crate::pod::{CniRefusal, Pod};
 pub use crate::underlay::{Internet, Router};
 pub use crate::whoami::WhoAmI;
 pub use wgmesh_testkit::Proc;

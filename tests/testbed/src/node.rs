@@ -20,7 +20,7 @@ use crate::agent::Agent;
 use crate::exec::{self, Exec};
 use crate::holder::Holder;
 use crate::netns::NetNs;
-use crate::pod::Pod;
+use crate::pod::{CniRefusal, Pod};
 use crate::raw::{self, Mac};
 use crate::underlay::Router;
 
@@ -230,6 +230,90 @@ impl Node {
     pub fn add_pod(&self, name: &str) -> Pod {
         let conflist = self.wait_for_conflist(CONFLIST_WAIT);
         Pod::create(self, &self.holder, name, &conflist)
+    }
+
+    /// One ADD of pod `name` with `conflist` (the one on disk, however old), as a
+    /// runtime makes it: a refusal tears the sandbox down and is returned.
+    pub fn try_add_pod(&self, name: &str, conflist: &str) -> Result<Pod, CniRefusal> {
+        Pod::try_create(self, &self.holder, name, conflist)
+    }
+
+    /// Creates pod `name` the way the kubelet keeps at it: an ADD with the conflist on
+    /// disk every `every` until one succeeds; panics after `timeout`. Returns the pod
+    /// and the refusals before it.
+    pub fn add_pod_retrying(
+        &self,
+        name: &str,
+        every: Duration,
+        timeout: Duration,
+    ) -> (Pod, Vec<CniRefusal>) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut refusals = Vec::new();
+        loop {
+            let conflist = self.conflist();
+            if let Some(conflist) = &conflist {
+                match self.try_add_pod(name, conflist) {
+                    Ok(pod) => return (pod, refusals),
+                    Err(refused) => refusals.push(refused),
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: pod {name} got no network within {timeout:?} (conflist present: {}); last refusal: {}\nagent log (last 40 lines):\n{}",
+                self.name,
+                conflist.is_some(),
+                refusals.last().map(ToString::to_string).unwrap_or_default(),
+                exec::tail(&self.agent_log(), 40)
+            );
+            std::thread::sleep(every);
+        }
+    }
+
+    /// What a reboot does to the node while its disk survives: the agent dies
+    /// (SIGKILL), the kernel state goes (every pod namespace, `wgmesh0`, the bridge,
+    /// wgmesh's routes, the nftables table; /run is a tmpfs), and the conflist, the
+    /// agent's state directory and the IPAM leases stay on disk. The node's Node object
+    /// and its underlay address stay as they were.
+    pub fn simulate_reboot(&self) {
+        self.agent.kill();
+        let _ = self.exec(&["ip", "-all", "netns", "delete"]);
+        for link in ["wgmesh0", wgmesh::cni::config::DEFAULT_BRIDGE] {
+            let _ = self.exec(&["ip", "link", "delete", link]);
+        }
+        for family in ["-4", "-6"] {
+            let _ = self.exec(&["ip", family, "route", "flush", "proto", "87"]);
+        }
+        let _ = self.exec(&["nft", "delete", "table", "inet", "wgmesh"]);
+        let _ = self.exec(&["sh", "-c", "rm -rf /run/wireguard/*"]);
+        assert!(
+            self.conflist().is_some(),
+            "{}: a reboot keeps the conflist on disk",
+            self.name
+        );
+    }
+
+    /// GET `path` of the agent's telemetry endpoint (port 9474) inside the node: the
+    /// status code ("000" when nothing answers) and the body.
+    pub fn agent_http(&self, path: &str) -> (String, String) {
+        let out = self.exec(&[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:9474{path}"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match text.rsplit_once('\n') {
+            Some((body, code)) => (code.to_string(), body.to_string()),
+            None => (text, String::new()),
+        }
+    }
+
+    /// Kills the agent with SIGKILL (a crash, or the node losing power).
+    pub fn kill_agent(&self) {
+        self.agent.kill();
     }
 
     /// Deletes `pod` as a runtime does: CNI DEL, then its namespace.

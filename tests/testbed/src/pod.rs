@@ -19,6 +19,24 @@ use crate::exec::{self, Exec};
 use crate::holder::Holder;
 use crate::node::Node;
 
+/// A CNI ADD the plugin refused (the runtime tore the sandbox down again).
+#[derive(Debug, Clone)]
+pub struct CniRefusal {
+    pub pod: String,
+    /// The CNI error code (11: try again later).
+    pub code: Option<u64>,
+    /// The error's `msg` and `details`.
+    pub message: String,
+    /// Everything the plugin printed, for failure messages.
+    pub output: String,
+}
+
+impl std::fmt::Display for CniRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.output)
+    }
+}
+
 /// The pod's interface, as kubelet names it.
 pub const POD_IFNAME: &str = "eth0";
 
@@ -39,6 +57,18 @@ pub struct Pod {
 impl Pod {
     /// Creates pod `name` on `node` (held by `holder`) with the node's `conflist`.
     pub(crate) fn create(node: &Node, holder: &Holder, name: &str, conflist: &str) -> Pod {
+        Pod::try_create(node, holder, name, conflist)
+            .unwrap_or_else(|refused| panic!("{}: {refused}", node.name()))
+    }
+
+    /// Like [`Pod::create`], but a refused ADD is returned, as a runtime sees it: the
+    /// sandbox (the namespace) is torn down and the error kept for a later retry.
+    pub(crate) fn try_create(
+        node: &Node,
+        holder: &Holder,
+        name: &str,
+        conflist: &str,
+    ) -> Result<Pod, CniRefusal> {
         assert!(
             !name.is_empty()
                 && name.len() <= 63
@@ -68,18 +98,27 @@ impl Pod {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             let _ = node.exec(&["ip", "netns", "delete", name]);
-            panic!(
-                "{}: CNI ADD of pod {name} failed ({}):\nstdout: {stdout}\nstderr: {}\nconfig: {config}",
-                node.name(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let error: Value = serde_json::from_str(&stdout).unwrap_or_default();
+            return Err(CniRefusal {
+                pod: name.to_string(),
+                code: error["code"].as_u64(),
+                message: format!(
+                    "{} {}",
+                    error["msg"].as_str().unwrap_or_default(),
+                    error["details"].as_str().unwrap_or_default()
+                ),
+                output: format!(
+                    "CNI ADD of pod {name} failed ({}):\nstdout: {stdout}\nstderr: {}\nconfig: {config}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
         }
         let result: Value = serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("CNI ADD of pod {name} printed no JSON ({e}): {stdout}"));
         let ip = cni::ipv4_of(&result)
             .unwrap_or_else(|| panic!("CNI ADD of pod {name} returned no IPv4 address: {stdout}"));
-        Pod {
+        Ok(Pod {
             name: name.to_string(),
             node_index: node.index(),
             node_name: node.name().to_string(),
@@ -88,7 +127,7 @@ impl Pod {
             container_id,
             config,
             result,
-        }
+        })
     }
 
     /// CNI DEL (panics if it fails: DEL must succeed), then removes the namespace.
