@@ -55,7 +55,7 @@ fn wg_quick(tb: &Testbed, conf: &str, up: bool) -> std::process::Output {
 }
 
 #[test]
-fn a_wg_quick_peer_reaches_pods_on_every_node_and_pods_reach_it() {
+fn a_wg_quick_peer_reaches_pods_on_every_node_and_pods_reach_it_but_not_the_nodes_unless_allowed() {
     require_root!();
     let tb = Testbed::builder().nodes(3).build();
     let pods: Vec<_> = (0..3).map(|n| tb.add_pod(n, &format!("p{n}"))).collect();
@@ -157,6 +157,26 @@ fn a_wg_quick_peer_reaches_pods_on_every_node_and_pods_reach_it() {
             "{line}"
         );
     }
+    // The laptop reaches pods, not the nodes: each node's bridge address (inside the
+    // pod range, routed into the tunnel) is the node itself (kubelet, metrics).
+    let bridge0 = "10.244.0.1";
+    assert!(!tb.internet().ping(bridge0), "a Peer reached node0 itself");
+    assert!(tb.internet().ping(pods[0].ip()), "but still its pods");
+    // Unless its Peer object lists the destination.
+    let opted_in = std::fs::read_to_string(&peer_file)
+        .unwrap()
+        .replace("  persistentKeepalive: 25\n", "  persistentKeepalive: 25\n  allowedDestinations: [10.244.0.1/32]\n");
+    std::fs::write(&peer_file, opted_in).unwrap();
+    tb.api()
+        .kubectl_ok(&["apply", "-f", peer_file.to_str().unwrap()]);
+    wait_until(WAIT, "node0 to let the laptop reach it", || {
+        tb.internet().ping(bridge0).then_some(())
+    });
+    assert!(
+        !tb.internet().ping("10.244.1.1"),
+        "only what the Peer lists: node1 stays out of reach"
+    );
+
     let down = wg_quick(&tb, &conf, false);
     assert!(
         down.status.success(),
