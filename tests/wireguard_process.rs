@@ -1,17 +1,19 @@
 //! The wgmesh-wg process contract (wg-quick, daemonizing, exiting, errors), the UAPI's
-//! handling of bad input, the device's handling of bad datagrams, and the in-process
-//! configuration API the agent uses. Needs root.
+//! handling of bad input, the device's handling of bad datagrams, its packet threads'
+//! restarts, and the in-process configuration API the agent uses. Needs root.
 
 #[path = "wireguard_helpers.rs"]
 mod helpers;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use helpers::*;
 use wgmesh::key::PrivateKey;
-use wgmesh::wireguard::{Device, DeviceConfig, DropReason, PeerConfig};
+use wgmesh::telemetry::{Readiness, Telemetry};
+use wgmesh::wireguard::{Device, DeviceConfig, DropReason, PeerConfig, ThreadKind};
 use wgmesh_testkit::{Proc, TestNs, require_root, run_output, unique_name, wait_until};
 
 /// Kills a daemon we did not spawn (by its pid only) if the test ends early.
@@ -431,6 +433,12 @@ fn the_in_process_api_runs_a_device_that_a_wg_configured_peer_talks_to() {
     wait_until(Duration::from_secs(10), "a ping after the rebind", || {
         under.a.ping(B_INNER).then_some(())
     });
+    // The old sockets' receivers ended as retired, not as dead threads.
+    assert_eq!(
+        dev.threads().snapshot().iter().map(|(_, n)| n).sum::<u64>(),
+        0
+    );
+    assert!(dev.threads_alive());
 
     // A port in use is a clear error that names it.
     let taken = in_ns(&under.a, || {
@@ -530,4 +538,59 @@ fn forged_replayed_and_garbage_datagrams_are_dropped_and_counted_and_the_device_
         "no roaming to a forger"
     );
     assert!(under.a.ping(B_INNER), "the device keeps working");
+}
+
+#[test]
+fn a_packet_thread_that_panics_is_counted_and_restarted_and_traffic_flows_on() {
+    require_root!();
+    let (under, dev, _b) = in_process_pair();
+    let dev = Arc::new(dev);
+    let telemetry = Telemetry::new(
+        Readiness::ControlPlaneOnly,
+        "/nonexistent".into(),
+        Duration::from_secs(30),
+    );
+    telemetry.set_device(Some(Arc::clone(&dev)));
+    assert!(dev.threads_alive());
+    // The IPv6 receiver wakes only for an IPv6 datagram: A's loopback gets IPv6 back.
+    sysctl(&under.a, "net.ipv6.conf.lo.disable_ipv6", "0");
+    let wake_udp6 = || {
+        in_ns(&under.a, || {
+            let s = UdpSocket::bind("[::1]:0").unwrap();
+            s.send_to(b"wake up", ("::1", A_PORT)).unwrap();
+        })
+    };
+    for kind in ThreadKind::ALL {
+        let before = dev.threads().snapshot();
+        // Traffic crosses every thread of A while one dies: a paced TCP stream to B.
+        let transfer = Transfer::start(&under.a, &under.b, B_INNER, 2 << 20, 1 << 20);
+        dev.inject_fault(kind);
+        wait_until(Duration::from_secs(20), "the thread's restart", || {
+            if kind == ThreadKind::Udp6 {
+                wake_udp6();
+            }
+            (dev.threads().restarts(kind) > 0).then_some(())
+        });
+        wait_until(Duration::from_secs(10), "every thread running", || {
+            dev.threads_alive().then_some(())
+        });
+        assert_eq!(
+            transfer.finish(Duration::from_secs(60)),
+            2 << 20,
+            "{kind:?}"
+        );
+        assert!(under.a.ping(B_INNER), "{kind:?}");
+        // That thread, once; no other.
+        for ((k, was), (_, now)) in before.iter().zip(dev.threads().snapshot()) {
+            assert_eq!(now, was + u64::from(*k == kind), "restarts of {k:?}");
+        }
+        let line = format!(
+            "wgmesh_dataplane_thread_restarts_total{{thread=\"{}\"}} 1",
+            kind.as_str()
+        );
+        // /metrics text is re-encoded at most once a second.
+        wait_until(Duration::from_secs(5), &line, || {
+            telemetry.encode().lines().any(|l| l == line).then_some(())
+        });
+    }
 }

@@ -69,7 +69,7 @@ impl UapiServer {
             .name("wg-uapi".into())
             .spawn(move || accept_loop(inner, listener, p, inode, s, close_if_removed))
             .map_err(|source| DeviceError::Thread {
-                name: "wg-uapi",
+                name: "wg-uapi".into(),
                 source,
             })?;
         tracing::info!(path = %path.display(), "UAPI listening");
