@@ -16,7 +16,7 @@
 //! (recvmmsg/sendmmsg), [`device`] (the configuration API and threads), `control`
 //! (applying configuration), `dataplane` (what the loops share, timers), `outbound` and
 //! `inbound` (the packet loops), [`supervisor`] (restarting a loop that dies),
-//! `uapi_server` (the unix socket) and [`daemon`] (the `wgmesh-wg`
+//! `uapi_server` and `uapi_socket` (the unix socket) and [`daemon`] (the `wgmesh-wg`
 //! process contract). docs/performance.md explains the fast path.
 
 pub mod allowed_ips;
@@ -45,6 +45,7 @@ pub mod tunnel;
 pub mod uapi;
 pub mod uapi_client;
 mod uapi_server;
+mod uapi_socket;
 pub mod udp;
 pub mod vnet;
 
