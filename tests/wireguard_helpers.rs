@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -495,4 +496,119 @@ pub fn link_exists(ns: &TestNs, ifname: &str) -> bool {
 
 pub fn command_in(ns: &TestNs, program: &str) -> Command {
     ns.command(program)
+}
+
+/// The UDP sockets process `pid` has bound to `port`, duplicated into this process with
+/// pidfd_getfd(2) (root), so the kernel can be asked about them.
+pub fn udp_sockets_of(pid: u32, port: u16) -> Vec<OwnedFd> {
+    // SAFETY: pidfd_open has no memory preconditions; the result is checked.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc/PID/fd") {
+        let entry = entry.expect("fd entry");
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        let Some(target) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: pidfd_getfd has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let s = socket2::SockRef::from(&fd);
+        let udp = s.protocol().ok().flatten() == Some(socket2::Protocol::UDP);
+        let bound = s
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() == port);
+        if udp && bound {
+            found.push(fd);
+        }
+    }
+    found
+}
+
+/// Whether UDP_GRO is on for a UDP socket, as the kernel has it.
+pub fn udp_gro_on(socket: &OwnedFd) -> bool {
+    const SOL_UDP: libc::c_int = 17;
+    const UDP_GRO: libc::c_int = 104;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "getsockopt UDP_GRO: {}",
+        std::io::Error::last_os_error()
+    );
+    v != 0
+}
+
+/// UDP_GRO on each of the node's sockets on `port` (IPv4 and IPv6).
+pub fn node_udp_gro(node: &Node, port: u16) -> Vec<bool> {
+    let sockets = udp_sockets_of(node.proc.pid(), port);
+    assert_eq!(sockets.len(), 2, "the node's UDP sockets on port {port}");
+    sockets.iter().map(udp_gro_on).collect()
+}
+
+/// Counts the UDP packets longer than any single tunnel datagram (1480 bytes at the
+/// userspace MTU) that `ns` sends from `port` out of `link` while `during` runs. Only UDP
+/// GSO makes them: the veth hands a GSO run on unsegmented, so the capture sees it whole.
+pub fn gso_runs_sent(ns: &TestNs, link: &str, port: u16, during: impl FnOnce()) -> usize {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("gso.pcap");
+    let filter = format!("udp and src port {port} and greater 1600");
+    let mut cmd = ns.command("tcpdump");
+    cmd.args(["-i", link, "-s", "64", "-U", "-w"])
+        .arg(&pcap)
+        .arg(&filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut tcpdump = Proc::spawn(cmd, "tcpdump");
+    wait_for_capture(&pcap);
+    during();
+    tcpdump.signal(libc::SIGINT);
+    wait_until(Duration::from_secs(10), "tcpdump to exit", || {
+        tcpdump.child.try_wait().ok().flatten()
+    });
+    pcap_records(&std::fs::read(&pcap).expect("pcap"))
+}
+
+/// The number of packets in a pcap file.
+pub fn pcap_records(pcap: &[u8]) -> usize {
+    let mut n = 0;
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[off + 8..off + 12].try_into().expect("4 bytes"));
+        off += 16 + len as usize;
+        n += 1;
+    }
+    n
 }

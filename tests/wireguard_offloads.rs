@@ -194,6 +194,7 @@ fn datagrams_of_every_size_pass_between_wgmesh_wg_with_offloads() {
     let pair = Pair::new(Impl::WgmeshWg, Impl::WgmeshWg);
     assert!(tun_vnet_hdr(&pair.a, &pair.under.a));
     assert!(tso(&pair.under.a, &pair.a.ifname));
+    assert_eq!(node_udp_gro(&pair.a, A_PORT), [true, true]);
     assert!(offloads_log_line(&pair.a).contains("offloads on"));
     assert_every_size_passes(&pair);
 }
@@ -202,6 +203,16 @@ fn datagrams_of_every_size_pass_between_wgmesh_wg_with_offloads() {
 fn datagrams_of_every_size_pass_between_wgmesh_wg_and_wireguard_go_with_offloads() {
     require_root!();
     let pair = Pair::new(Impl::WgmeshWg, Impl::WireguardGo);
+    // Our side runs with its offloads, as the kernel has them: a TUN with
+    // virtio_net_hdr and TSO, UDP GRO on both sockets, and UDP GSO runs on the wire.
+    assert!(tun_vnet_hdr(&pair.a, &pair.under.a));
+    assert!(tso(&pair.under.a, &pair.a.ifname));
+    assert_eq!(node_udp_gro(&pair.a, A_PORT), [true, true]);
+    let runs = gso_runs_sent(&pair.under.a, &pair.under.veth_a, A_PORT, || {
+        both_ways(&pair, 16 * MB)
+    });
+    eprintln!("{runs} UDP GSO runs sent to wireguard-go");
+    assert!(runs > 0, "no UDP GSO run was sent to wireguard-go");
     assert_every_size_passes(&pair);
 }
 
@@ -229,19 +240,24 @@ fn offloads_forced_off_interoperate_with_wireguard_go() {
 }
 
 #[test]
-fn each_offload_alone_carries_tcp_both_ways_intact() {
+fn each_offload_alone_is_the_only_one_on_and_carries_tcp_both_ways_intact() {
     require_root!();
     // One side with a single offload (or none of the UDP ones), the other with all: every
     // combination of a coalescing sender and a per-packet receiver, and the reverse.
     for only in ["tun", "gso", "gro", "gso,gro"] {
         let env = [("WGMESH_OFFLOADS", only)];
         let pair = Pair::with_env((Impl::WgmeshWg, &env), (Impl::WgmeshWg, &[]));
-        assert_eq!(
-            tun_vnet_hdr(&pair.a, &pair.under.a),
-            only == "tun",
-            "{only}"
-        );
-        both_ways(&pair, 16 * MB);
+        let (tun, gso, gro) = (only == "tun", only.contains("gso"), only.contains("gro"));
+        // What the kernel has: the TUN's flags and TSO, the sockets' UDP_GRO, and
+        // whether UDP GSO runs leave A while TCP crosses.
+        assert_eq!(tun_vnet_hdr(&pair.a, &pair.under.a), tun, "{only}");
+        assert_eq!(tso(&pair.under.a, &pair.a.ifname), tun, "{only}");
+        assert_eq!(node_udp_gro(&pair.a, A_PORT), [gro, gro], "{only}");
+        let runs = gso_runs_sent(&pair.under.a, &pair.under.veth_a, A_PORT, || {
+            both_ways(&pair, 16 * MB)
+        });
+        eprintln!("{only}: {runs} UDP GSO runs sent");
+        assert_eq!(runs > 0, gso, "{only}: {runs} UDP GSO runs sent");
     }
 }
 

@@ -1,17 +1,24 @@
 //! The wgmesh-wg process contract (wg-quick, daemonizing, exiting, errors), the UAPI's
-//! handling of bad input, the device's handling of bad datagrams, and the in-process
-//! configuration API the agent uses. Needs root.
+//! handling of bad input, its socket's mode and connection limit, the device's handling
+//! of bad datagrams, its packet threads' restarts, and the in-process configuration API
+//! the agent uses. Needs root.
 
 #[path = "wireguard_helpers.rs"]
 mod helpers;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use helpers::*;
 use wgmesh::key::PrivateKey;
-use wgmesh::wireguard::{Device, DeviceConfig, DropReason, PeerConfig};
+use wgmesh::telemetry::{Readiness, Telemetry};
+use wgmesh::wireguard::{Device, DeviceConfig, DropReason, PeerConfig, ThreadKind};
 use wgmesh_testkit::{Proc, TestNs, require_root, run_output, unique_name, wait_until};
 
 /// Kills a daemon we did not spawn (by its pid only) if the test ends early.
@@ -431,6 +438,12 @@ fn the_in_process_api_runs_a_device_that_a_wg_configured_peer_talks_to() {
     wait_until(Duration::from_secs(10), "a ping after the rebind", || {
         under.a.ping(B_INNER).then_some(())
     });
+    // The old sockets' receivers ended as retired, not as dead threads.
+    assert_eq!(
+        dev.threads().snapshot().iter().map(|(_, n)| n).sum::<u64>(),
+        0
+    );
+    assert!(dev.threads_alive());
 
     // A port in use is a clear error that names it.
     let taken = in_ns(&under.a, || {
@@ -530,4 +543,190 @@ fn forged_replayed_and_garbage_datagrams_are_dropped_and_counted_and_the_device_
         "no roaming to a forger"
     );
     assert!(under.a.ping(B_INNER), "the device keeps working");
+}
+
+#[test]
+fn a_packet_thread_that_panics_is_counted_and_restarted_and_traffic_flows_on() {
+    require_root!();
+    let (under, dev, _b) = in_process_pair();
+    let dev = Arc::new(dev);
+    let telemetry = Telemetry::new(
+        Readiness::ControlPlaneOnly,
+        "/nonexistent".into(),
+        Duration::from_secs(30),
+    );
+    telemetry.set_device(Some(Arc::clone(&dev)));
+    assert!(dev.threads_alive());
+    // The IPv6 receiver wakes only for an IPv6 datagram: A's loopback gets IPv6 back.
+    sysctl(&under.a, "net.ipv6.conf.lo.disable_ipv6", "0");
+    let wake_udp6 = || {
+        in_ns(&under.a, || {
+            let s = UdpSocket::bind("[::1]:0").unwrap();
+            s.send_to(b"wake up", ("::1", A_PORT)).unwrap();
+        })
+    };
+    for kind in ThreadKind::ALL {
+        let before = dev.threads().snapshot();
+        // Traffic crosses every thread of A while one dies: a paced TCP stream to B.
+        let transfer = Transfer::start(&under.a, &under.b, B_INNER, 2 << 20, 1 << 20);
+        dev.inject_fault(kind);
+        wait_until(Duration::from_secs(20), "the thread's restart", || {
+            if kind == ThreadKind::Udp6 {
+                wake_udp6();
+            }
+            (dev.threads().restarts(kind) > 0).then_some(())
+        });
+        wait_until(Duration::from_secs(10), "every thread running", || {
+            dev.threads_alive().then_some(())
+        });
+        assert_eq!(
+            transfer.finish(Duration::from_secs(60)),
+            2 << 20,
+            "{kind:?}"
+        );
+        assert!(under.a.ping(B_INNER), "{kind:?}");
+        // That thread, once; no other.
+        for ((k, was), (_, now)) in before.iter().zip(dev.threads().snapshot()) {
+            assert_eq!(now, was + u64::from(*k == kind), "restarts of {k:?}");
+        }
+        let line = format!(
+            "wgmesh_dataplane_thread_restarts_total{{thread=\"{}\"}} 1",
+            kind.as_str()
+        );
+        // /metrics text is re-encoded at most once a second.
+        wait_until(Duration::from_secs(5), &line, || {
+            telemetry.encode().lines().any(|l| l == line).then_some(())
+        });
+    }
+}
+
+/// The threads of process `pid` named `name` (comm).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The threads of `pid` once it serves no UAPI connection. A connection thread is named
+/// only once running: until then it has the accept thread's name, wg-uapi.
+fn threads_without_connections(pid: u32) -> usize {
+    wait_until(Duration::from_secs(20), "no UAPI connection served", || {
+        let idle = threads_named(pid, "wg-uapi-conn") == 0 && threads_named(pid, "wg-uapi") == 1;
+        idle.then(|| threads_of(pid))
+    })
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|t| t.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn serve_uapi_leaves_an_owner_only_socket_and_nothing_else() {
+    require_root!();
+    let ns = TestNs::new("wguo");
+    let dir = tempfile::tempdir().unwrap();
+    let dev = in_ns(&ns, || Device::start(DeviceConfig::new(unique_name("wgu")))).unwrap();
+    let path = dev.serve_uapi(dir.path(), false).unwrap();
+    // That it never had a wider mode is uapi_socket's unit test (inotify).
+    let mode = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names, std::slice::from_ref(&path));
+    assert!(uapi_request_at(&path, "get=1\n\n").ends_with("errno=0\n\n"));
+}
+
+/// One raw UAPI request to the socket at `path`; the whole answer.
+fn uapi_request_at(path: &Path, request: &str) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    read_answer(s, Duration::from_secs(5))
+}
+
+/// Reads a UAPI answer up to its `errno=` line and the blank line after it.
+fn read_answer(s: UnixStream, timeout: Duration) -> String {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut answer = String::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => answer.push_str(&line),
+            other => panic!("answer cut short ({other:?}) after {answer:?}"),
+        }
+        if line.starts_with("errno=") {
+            let mut blank = String::new();
+            let _ = reader.read_line(&mut blank);
+            answer.push_str(&blank);
+            return answer;
+        }
+    }
+}
+
+#[test]
+fn silent_uapi_clients_beyond_the_limit_wait_without_threads_and_a_client_is_served_once_slots_free()
+ {
+    require_root!();
+    // uapi_server::MAX_CLIENTS.
+    const LIMIT: usize = 16;
+    let ns = TestNs::new("wgul");
+    let node = Node::start(Impl::WgmeshWg, &ns);
+    let sock = uapi_path(&node.ifname);
+    let pid = node.proc.pid();
+    // Node::start probed the socket: once a request of ours is answered, the server
+    // accepted that earlier connection too (in order), and its thread goes.
+    assert!(uapi_request_at(&sock, "get=1\n\n").ends_with("errno=0\n\n"));
+    let idle_threads = threads_without_connections(pid);
+
+    let mut silent: Vec<UnixStream> = (0..LIMIT + 5)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(10), "the first clients served", || {
+        let settled = threads_named(pid, "wg-uapi") == 1;
+        (settled && threads_named(pid, "wg-uapi-conn") >= LIMIT).then_some(())
+    });
+    // A well-behaved client, queued behind the silent ones: not answered while they
+    // hold every slot (they time out only after 10 s).
+    let mut client = UnixStream::connect(&sock).unwrap();
+    client.write_all(b"get=1\n\n").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let early = client.read(&mut [0u8; 1]);
+    assert!(
+        early
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "answered while the server is full: {early:?}"
+    );
+    assert_eq!(threads_named(pid, "wg-uapi-conn"), LIMIT);
+    assert_eq!(threads_of(pid), idle_threads + LIMIT);
+
+    // The first six hang up: their slots go to the five silent ones queued next, then
+    // to the client.
+    silent.drain(..6);
+    let answer = read_answer(client, Duration::from_secs(5));
+    assert!(
+        answer.contains("listen_port=") && answer.ends_with("errno=0\n\n"),
+        "{answer}"
+    );
+
+    drop(silent);
+    assert!(node.wg(&["show", &node.ifname]).contains("listening port"));
+    assert_eq!(threads_without_connections(pid), idle_threads);
 }

@@ -1,4 +1,4 @@
-//! Per-peer and per-drop-reason metrics, read from the WireGuard device at scrape time.
+//! Per-peer, per-drop-reason and per-thread-kind metrics, read from the WireGuard device at scrape time.
 //! Adapter.
 
 use std::sync::{Arc, RwLock};
@@ -26,6 +26,11 @@ struct EndpointLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabel {
+    thread: &'static str,
 }
 
 #[derive(Debug)]
@@ -143,6 +148,20 @@ impl Collector for MeshCollector {
                 (
                     ReasonLabel {
                         reason: r.as_str().to_string(),
+                    },
+                    ConstCounter::new(n),
+                )
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "dataplane_thread_restarts",
+            "WireGuard data-plane threads restarted after a panic or an unexpected exit, by thread kind",
+            MetricType::Counter,
+            device.threads().snapshot().into_iter().map(|(kind, n)| {
+                (
+                    ThreadLabel {
+                        thread: kind.as_str(),
                     },
                     ConstCounter::new(n),
                 )

@@ -16,6 +16,7 @@ use super::error::DeviceError;
 use super::inbound;
 use super::offloads::Offloads;
 use super::peer::{PeerConfig, PeerStatus};
+use super::supervisor::{Supervised, ThreadKind};
 use super::sys::lock;
 use super::tunnel::{Identity, Outbox, Tunnel};
 use super::udp::UdpSockets;
@@ -259,16 +260,38 @@ impl Control {
 }
 
 pub(crate) fn spawn(
-    name: &'static str,
+    name: String,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, DeviceError> {
     std::thread::Builder::new()
-        .name(name.to_string())
+        .name(name.clone())
         .spawn(f)
         .map_err(|source| DeviceError::Thread { name, source })
 }
 
+/// Starts `body` on its own thread under a [`Supervised`]: restarted if it panics or
+/// returns while the device is not stopping and `retired` is false.
+pub(crate) fn spawn_supervised(
+    name: String,
+    kind: ThreadKind,
+    shared: &Arc<Shared>,
+    retired: impl Fn() -> bool + Send + 'static,
+    mut body: impl FnMut() + Send + 'static,
+) -> Result<JoinHandle<()>, DeviceError> {
+    let shared = Arc::clone(shared);
+    spawn(name, move || {
+        Supervised {
+            health: &shared.threads,
+            kind,
+            finished: || shared.stop.is_set() || retired(),
+            sleep: |wait| shared.stop.sleep(wait),
+        }
+        .run(&mut body)
+    })
+}
+
 /// One receive thread per socket; each writes to its own TUN queue when there are several.
+/// A receiver whose sockets were closed (a rebind retired them) ends for good.
 pub(crate) fn spawn_receivers(
     shared: &Arc<Shared>,
     sockets: &Arc<UdpSockets>,
@@ -277,10 +300,15 @@ pub(crate) fn spawn_receivers(
     let mut threads = Vec::new();
     for (i, family) in sockets.families().into_iter().enumerate() {
         let (s, socks) = (Arc::clone(shared), Arc::clone(sockets));
+        let closed = Arc::clone(sockets);
         let queue = i % queues;
-        threads.push(spawn(family.name(), move || {
-            inbound::udp_loop(s, socks, family, queue)
-        })?);
+        threads.push(spawn_supervised(
+            format!("wg-{}", family.name()),
+            family.into(),
+            shared,
+            move || closed.is_closed(),
+            move || inbound::udp_loop(&s, &socks, family, queue),
+        )?);
     }
     Ok(threads)
 }

@@ -8,7 +8,8 @@
 //! they re-fetch only when the generation counter moved, so the only shared write per
 //! packet is the peer's tunnel mutex, held for the crypto and never across a syscall.
 //! Processing of each packet (or super-packet) is wrapped in `catch_unwind`: a panic
-//! drops it, counts it, and the loop goes on.
+//! drops it, counts it, and the loop goes on; a loop that dies anyway is restarted
+//! (`supervisor`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use boringtun::noise::{Packet, TunnResult};
 
 use super::allowed_ips::{AllowedIps, IntMap};
 use super::drops::{DropCounters, DropReason};
+use super::supervisor::{ThreadHealth, ThreadKind};
 use super::sys::{Stop, lock};
 use super::tun::Tun;
 use super::tunnel::{
@@ -65,6 +67,8 @@ pub enum CloseReason {
 pub(crate) struct Shared {
     pub tun: Tun,
     pub drops: DropCounters,
+    /// Restarts of the loops, and whether they all run.
+    pub threads: ThreadHealth,
     pub stop: Stop,
     /// The interface MTU, refreshed every second, for padding.
     pub mtu: AtomicUsize,
@@ -80,6 +84,7 @@ impl Shared {
         Shared {
             tun,
             drops: DropCounters::default(),
+            threads: ThreadHealth::default(),
             stop,
             mtu: AtomicUsize::new(mtu),
             generation: AtomicU64::new(0),
@@ -249,13 +254,14 @@ fn verify_handshake<'s, 'd>(
 
 /// Runs every peer's timers each [`TICK`], resets the handshake rate limit, refreshes the
 /// MTU and notices a deleted interface.
-pub(crate) fn timer_loop(shared: Arc<Shared>) {
+pub(crate) fn timer_loop(shared: &Shared) {
     let _span = tracing::debug_span!("timers", device = shared.tun.name()).entered();
-    let mut view = View::new(&shared);
+    let mut view = View::new(shared);
     let mut outbox = Outbox::default();
     let mut last_slow = Instant::now();
     while !shared.stop.sleep(TICK) {
-        view.refresh(&shared);
+        shared.threads.check_fault(ThreadKind::Timers);
+        view.refresh(shared);
         let now = Instant::now();
         if let Some(id) = &view.snap.identity {
             id.rate_limiter.reset_count();

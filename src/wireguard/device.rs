@@ -44,13 +44,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::config::{ConfigUpdate, DeviceStatus, PeerUpdate};
-use super::control::{Control, Inner, spawn, spawn_receivers};
+use super::control::{Control, Inner, spawn_receivers, spawn_supervised};
 use super::dataplane::{self, CloseReason, Shared};
 use super::drops::DropCounters;
 use super::error::DeviceError;
 use super::offloads::{Offloads, TunGrant, negotiate_tun};
 use super::outbound;
 use super::peer::{PeerConfig, PeerStats, PeerStatus};
+use super::supervisor::{ThreadHealth, ThreadKind};
 use super::sys::{Stop, lock};
 use super::tun::Tun;
 use super::uapi_server::UapiServer;
@@ -155,14 +156,22 @@ impl Device {
         }
         for q in 0..queues {
             let s = Arc::clone(&shared);
-            device
-                .threads
-                .push(spawn("wg-tun", move || outbound::tun_loop(s, q))?);
+            device.threads.push(spawn_supervised(
+                format!("wg-tun-{q}"),
+                ThreadKind::Tun,
+                &shared,
+                || false,
+                move || outbound::tun_loop(&s, q),
+            )?);
         }
         let s = Arc::clone(&shared);
-        device
-            .threads
-            .push(spawn("wg-timers", move || dataplane::timer_loop(s))?);
+        device.threads.push(spawn_supervised(
+            "wg-timers".into(),
+            ThreadKind::Timers,
+            &shared,
+            || false,
+            move || dataplane::timer_loop(&s),
+        )?);
         if let Some(key) = config.private_key {
             device.set_private_key(Some(key))?;
         }
@@ -308,6 +317,27 @@ impl Device {
         &self.inner.shared.drops
     }
 
+    /// The packet threads' restarts since start, by kind (a thread is restarted when its
+    /// loop panics or ends while the device runs).
+    pub fn threads(&self) -> &ThreadHealth {
+        &self.inner.shared.threads
+    }
+
+    /// True while the device runs and every packet thread is running: false from a
+    /// thread's death until its restart, for good if one cannot come back, and once the
+    /// device stopped. For readiness.
+    pub fn threads_alive(&self) -> bool {
+        !self.inner.shared.stop.is_set() && self.inner.shared.threads.all_running()
+    }
+
+    /// Makes the next loop of `kind` to run an iteration panic outside its per-packet
+    /// guard, as a bug would: for tests of the restarts. Costs the loops one relaxed load
+    /// per iteration.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, kind: ThreadKind) {
+        self.inner.shared.threads.inject(kind);
+    }
+
     /// Serves the wg(8) UAPI on `<dir>/<name>.sock` (dir created 0755, socket 0600) and
     /// returns the socket path; `wg` looks in [`UAPI_DIR`]. With `close_if_removed`, the
     /// device closes when the socket file is deleted (the xplatform contract).
@@ -429,10 +459,23 @@ mod tests {
     }
 
     #[test]
-    fn a_new_config_asks_for_any_port_wireguard_gos_mtu_and_one_queue_per_core() {
+    fn a_new_config_asks_for_any_port_wireguard_gos_mtu_one_queue_per_core_and_every_offload() {
         let c = DeviceConfig::new("wg0");
         assert_eq!((c.listen_port, c.mtu, c.queues, c.fwmark), (0, 1420, 0, 0));
         assert!(c.private_key.is_none());
-        assert_eq!(c.offloads, Offloads::from_env());
+        assert!(!c.persist);
+        // The offloads come from WGMESH_OFFLOADS (offloads.rs tests the values); the test
+        // run does not set it, and unset means all of them.
+        match std::env::var_os(crate::wireguard::offloads::ENV) {
+            None => assert_eq!(
+                c.offloads,
+                Offloads {
+                    tun: true,
+                    udp_gso: true,
+                    udp_gro: true
+                }
+            ),
+            Some(v) => eprintln!("WGMESH_OFFLOADS={v:?} is set: the default is not checked"),
+        }
     }
 }

@@ -43,10 +43,7 @@ pub enum DeviceError {
     #[error("UAPI socket {} is in use by another running process", path.display())]
     UapiInUse { path: PathBuf },
     #[error("cannot start thread {name}: {source}")]
-    Thread {
-        name: &'static str,
-        source: io::Error,
-    },
+    Thread { name: String, source: io::Error },
     #[error("{op}: {source}")]
     Io { op: &'static str, source: io::Error },
 }

@@ -16,6 +16,7 @@ use super::dataplane::{CloseReason, Shared, Snapshot, View, find_peer};
 use super::drops::DropReason;
 use super::gro::{Coalescer, MAX_SEGMENTS, Slot};
 use super::mmsg::RecvBatch;
+use super::supervisor::ThreadKind;
 use super::sys::{lock, wait_readable};
 use super::tun::{TunQueue, is_gone};
 use super::tunnel::{Decap, INIT_LEN, MSG_INIT, MSG_RESPONSE, Outbox};
@@ -42,19 +43,15 @@ struct Inbound {
 
 /// Receives on one UDP socket, decrypts, writes to the TUN. Ends when the sockets are
 /// closed (rebind) or the device stops.
-pub(crate) fn udp_loop(
-    shared: Arc<Shared>,
-    sockets: Arc<UdpSockets>,
-    family: Family,
-    queue: usize,
-) {
+pub(crate) fn udp_loop(shared: &Shared, sockets: &UdpSockets, family: Family, queue: usize) {
     let (Some(socket), Some(tun)) = (sockets.get(family), shared.tun.queues().get(queue)) else {
         return;
     };
     let fd = udp::raw_fd(socket);
     let name = family.name();
     let _span = tracing::debug_span!("udp", device = shared.tun.name(), family = name).entered();
-    let mut view = View::new(&shared);
+    let kind = ThreadKind::from(family);
+    let mut view = View::new(shared);
     let mut rx = RecvBatch::new(RECV_MESSAGES);
     let mut ib = Inbound {
         arena: vec![0u8; ARENA + DATAGRAM_ROOM],
@@ -65,9 +62,10 @@ pub(crate) fn udp_loop(
         outbox: Outbox::default(),
     };
     while !shared.stop.is_set() && !sockets.is_closed() {
+        shared.threads.check_fault(kind);
         match rx.recv(fd) {
             Ok(n) => {
-                view.refresh(&shared);
+                view.refresh(shared);
                 let snap = Arc::clone(&view.snap);
                 for i in 0..n {
                     let Some(m) = rx.get(i) else { break };
@@ -87,10 +85,10 @@ pub(crate) fn udp_loop(
                     let empty: &[u8] = &[];
                     let first = chunks.next().unwrap_or(empty);
                     for datagram in std::iter::once(first).chain(chunks) {
-                        shared.guarded(|| ib.datagram(&shared, &snap, tun, from, datagram));
+                        shared.guarded(|| ib.datagram(shared, &snap, tun, from, datagram));
                     }
                 }
-                ib.flush(&shared, tun);
+                ib.flush(shared, tun);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if let Err(e) = wait_readable(fd, &shared.stop) {

@@ -15,8 +15,9 @@
 //! I/O adapters, thin: [`tun`] (the TUN interface), [`udp`] (the sockets), `mmsg`
 //! (recvmmsg/sendmmsg), [`device`] (the configuration API and threads), `control`
 //! (applying configuration), `dataplane` (what the loops share, timers), `outbound` and
-//! `inbound` (the packet loops), `uapi_server` (the unix socket) and [`daemon`] (the
-//! `wgmesh-wg` process contract). docs/performance.md explains the fast path.
+//! `inbound` (the packet loops), [`supervisor`] (restarting a loop that dies),
+//! `uapi_server` and `uapi_socket` (the unix socket) and [`daemon`] (the `wgmesh-wg`
+//! process contract). docs/performance.md explains the fast path.
 
 pub mod allowed_ips;
 pub mod batch;
@@ -35,6 +36,7 @@ mod mmsg;
 pub mod offloads;
 mod outbound;
 pub mod peer;
+pub mod supervisor;
 mod sys;
 #[cfg(test)]
 mod testpkt;
@@ -43,6 +45,7 @@ pub mod tunnel;
 pub mod uapi;
 pub mod uapi_client;
 mod uapi_server;
+mod uapi_socket;
 pub mod udp;
 pub mod vnet;
 
@@ -53,3 +56,4 @@ pub use drops::{DropCounters, DropReason};
 pub use error::{DeviceError, TunError, UapiError};
 pub use offloads::Offloads;
 pub use peer::{PeerConfig, PeerStats, PeerStatus, PresharedKey};
+pub use supervisor::{ThreadHealth, ThreadKind};

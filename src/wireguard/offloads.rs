@@ -65,14 +65,20 @@ impl Offloads {
         Ok(o)
     }
 
-    /// From `WGMESH_OFFLOADS` (all when unset); an invalid value is logged and means all.
+    /// From `WGMESH_OFFLOADS`; see [`Offloads::from_var`].
     pub fn from_env() -> Offloads {
-        match std::env::var(ENV) {
-            Ok(v) => Offloads::parse(&v).unwrap_or_else(|e| {
+        Offloads::from_var(std::env::var(ENV).ok().as_deref())
+    }
+
+    /// From the variable's value: all when unset; an invalid value is logged and means
+    /// all.
+    pub fn from_var(value: Option<&str>) -> Offloads {
+        match value {
+            Some(v) => Offloads::parse(v).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "ignored; using every offload available");
                 Offloads::ALL
             }),
-            Err(_) => Offloads::ALL,
+            None => Offloads::ALL,
         }
     }
 }
@@ -158,6 +164,23 @@ mod tests {
             assert_eq!(Offloads::parse(value).ok(), *want, "{value:?}");
         }
         assert_eq!(Offloads::default(), Offloads::ALL);
+    }
+
+    #[test]
+    fn unset_means_every_offload_and_an_invalid_value_too() {
+        let gro = Offloads {
+            udp_gro: true,
+            ..Offloads::NONE
+        };
+        let cases: &[(Option<&str>, Offloads)] = &[
+            (None, Offloads::ALL),
+            (Some("off"), Offloads::NONE),
+            (Some("gro"), gro),
+            (Some("turbo"), Offloads::ALL),
+        ];
+        for (value, want) in cases {
+            assert_eq!(Offloads::from_var(*value), *want, "{value:?}");
+        }
     }
 
     /// A fake TUNSETOFFLOAD accepting only flag sets within `supported`.

@@ -20,6 +20,7 @@ use super::dataplane::{CloseReason, Peer, Shared, Snapshot, View};
 use super::drops::DropReason;
 use super::gso::{Segmenter, complete_checksum};
 use super::mmsg::SendBatch;
+use super::supervisor::ThreadKind;
 use super::sys::{lock, wait_readable};
 use super::tun::is_gone;
 use super::tunnel::{DATA_OVERHEAD, Encap, INIT_LEN, MAX_PACKET, ip_destination, padded_len};
@@ -53,12 +54,12 @@ struct Batch {
 }
 
 /// Reads one TUN queue, encrypts, sends.
-pub(crate) fn tun_loop(shared: Arc<Shared>, queue: usize) {
+pub(crate) fn tun_loop(shared: &Shared, queue: usize) {
     let Some(q) = shared.tun.queues().get(queue) else {
         return;
     };
     let _span = tracing::debug_span!("tun", device = shared.tun.name(), queue).entered();
-    let mut view = View::new(&shared);
+    let mut view = View::new(shared);
     let mut ob = Outbound {
         read: vec![0u8; MAX_READ + 32],
         segment: vec![0u8; MAX_PACKET + 32],
@@ -70,13 +71,14 @@ pub(crate) fn tun_loop(shared: Arc<Shared>, queue: usize) {
         vnet_hdr: shared.tun.vnet_hdr(),
     };
     while !shared.stop.is_set() {
+        shared.threads.check_fault(ThreadKind::Tun);
         let mut empty = false;
         while ob.batch.tx.len() < BATCH_DATAGRAMS && ob.batch.tx.room() >= BATCH_BYTES / 2 {
             match q.read(&mut ob.read[..MAX_READ]) {
                 Ok(n) => {
-                    view.refresh(&shared);
+                    view.refresh(shared);
                     let snap = Arc::clone(&view.snap);
-                    shared.guarded(|| ob.packet(&shared, &snap, n));
+                    shared.guarded(|| ob.packet(shared, &snap, n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     empty = true;
@@ -84,17 +86,17 @@ pub(crate) fn tun_loop(shared: Arc<Shared>, queue: usize) {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    ob.batch.flush(&shared, &view.snap.sockets);
-                    if !read_error(&shared, e) {
+                    ob.batch.flush(shared, &view.snap.sockets);
+                    if !read_error(shared, e) {
                         return;
                     }
                 }
             }
         }
-        ob.batch.flush(&shared, &view.snap.sockets);
+        ob.batch.flush(shared, &view.snap.sockets);
         if empty
             && let Err(e) = wait_readable(q.raw_fd(), &shared.stop)
-            && !read_error(&shared, e)
+            && !read_error(shared, e)
         {
             return;
         }

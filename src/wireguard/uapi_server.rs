@@ -1,12 +1,14 @@
-//! The UAPI unix socket (`<dir>/<ifname>.sock`): accepts wg(8) connections and answers
-//! `get=1` / `set=1` with the pure protocol of [`super::uapi`]. Adapter.
+//! The UAPI unix socket (`<dir>/<ifname>.sock`, owner-only from the start: see
+//! `uapi_socket`): accepts wg(8) connections, at most [`MAX_CLIENTS`] at once, and
+//! answers `get=1` / `set=1` with the pure protocol of [`super::uapi`]. Adapter.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,9 +19,18 @@ use super::dataplane::CloseReason;
 use super::error::{DeviceError, UapiError};
 use super::sys::{Stop, poll_in};
 use super::uapi;
+use super::uapi_socket::bind_owner_only;
 
-/// A client that stops talking mid-request is dropped after this long.
+/// A client that stays silent this long (before or mid-request) is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once, each on its own thread. A client beyond them is not
+/// refused: it waits in the listen backlog until one ends, which is at the latest
+/// [`CLIENT_TIMEOUT`] after that one went silent. wg(8) makes one short request.
+pub(crate) const MAX_CLIENTS: usize = 16;
+/// How often a full server looks for a free slot.
+const SLOT_POLL: Duration = Duration::from_millis(20);
+/// A full server says so at most this often.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often the socket file is checked for deletion.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -47,20 +58,20 @@ impl UapiServer {
             .mode(0o755)
             .create(dir)
             .map_err(err)?;
-        let listener = match UnixListener::bind(&path) {
+        // Only root (the owner) may connect, from the start: wg(8) hands private keys
+        // over this socket.
+        let listener = match bind_owner_only(&path) {
             Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // A live server answers; a stale file from a crashed one does not.
                 if UnixStream::connect(&path).is_ok() {
                     return Err(DeviceError::UapiInUse { path });
                 }
                 std::fs::remove_file(&path).map_err(err)?;
-                UnixListener::bind(&path).map_err(err)?
+                bind_owner_only(&path).map_err(err)?
             }
             Err(e) => return Err(err(e)),
         };
-        // Only root (the owner) may connect: wg(8) hands private keys over this socket.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let inode = std::fs::metadata(&path).map_err(err)?.ino();
         let stop = Arc::new(Stop::new().map_err(err)?);
@@ -69,7 +80,7 @@ impl UapiServer {
             .name("wg-uapi".into())
             .spawn(move || accept_loop(inner, listener, p, inode, s, close_if_removed))
             .map_err(|source| DeviceError::Thread {
-                name: "wg-uapi",
+                name: "wg-uapi".into(),
                 source,
             })?;
         tracing::info!(path = %path.display(), "UAPI listening");
@@ -108,24 +119,43 @@ fn accept_loop(
     close_if_removed: bool,
 ) {
     let mut last_check = Instant::now();
+    let clients = Arc::new(AtomicUsize::new(0));
+    let mut said_full: Option<Instant> = None;
     loop {
         let stops = [&*stop, &inner.shared.stop];
         if stops.iter().any(|s| s.is_set()) {
             return;
         }
-        let _ = poll_in(&[listener.as_raw_fd()], &stops, Some(CHECK_EVERY));
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let inner = Arc::clone(&inner);
-                let spawned = std::thread::Builder::new()
-                    .name("wg-uapi-conn".into())
-                    .spawn(move || serve(&inner, stream));
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot serve a UAPI client");
-                }
+        if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+            // Full: the next clients wait in the listen backlog until a slot frees.
+            if said_full.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
+                tracing::warn!(
+                    path = %path.display(),
+                    limit = MAX_CLIENTS,
+                    "UAPI connection limit reached: further clients wait until one ends"
+                );
+                said_full = Some(Instant::now());
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => tracing::warn!(error = %e, "UAPI accept failed"),
+            let _ = poll_in(&[], &stops, Some(SLOT_POLL));
+        } else {
+            let _ = poll_in(&[listener.as_raw_fd()], &stops, Some(CHECK_EVERY));
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let inner = Arc::clone(&inner);
+                    let slot = Slot::take(&clients);
+                    let spawned = std::thread::Builder::new()
+                        .name("wg-uapi-conn".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            serve(&inner, stream)
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot serve a UAPI client");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => tracing::warn!(error = %e, "UAPI accept failed"),
+            }
         }
         if last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
@@ -138,6 +168,23 @@ fn accept_loop(
                 return;
             }
         }
+    }
+}
+
+/// One of the [`MAX_CLIENTS`] connections, given back when its thread ends (or never
+/// starts).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(clients: &Arc<AtomicUsize>) -> Slot {
+        clients.fetch_add(1, Ordering::AcqRel);
+        Slot(Arc::clone(clients))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
