@@ -730,3 +730,47 @@ fn silent_uapi_clients_beyond_the_limit_wait_without_threads_and_a_client_is_ser
     assert!(node.wg(&["show", &node.ifname]).contains("listening port"));
     assert_eq!(threads_without_connections(pid), idle_threads);
 }
+
+#[test]
+fn with_net_admin_alone_the_listen_port_can_be_changed_over_the_uapi() {
+    require_root!();
+    // The agent's container has CAP_NET_ADMIN and nothing else: changing the port
+    // rebinds the sockets in the device's namespace, which must not need setns(2)
+    // (CAP_SYS_ADMIN) when the thread is in it already.
+    let ns = TestNs::new("wgtc");
+    let ifname = unique_name("wc");
+    let caps = "-all,+net_admin";
+    let out = ns.exec(
+        "setpriv",
+        [
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            "--",
+            wgmesh_wg(),
+            ifname.as_str(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = find_daemon(&ifname).expect("the daemon");
+    let _guard = KillOnDrop(pid);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(effective, "0000000000001000", "CAP_NET_ADMIN (bit 12) only");
+    let answer = uapi_request(&ifname, "set=1\nlisten_port=51999\n\n");
+    assert_eq!(answer, "errno=0\n\n");
+    assert!(
+        uapi_request(&ifname, "get=1\n\n").contains("listen_port=51999\n"),
+        "the port changed"
+    );
+    ns.ip(["link", "del", &ifname]);
+}

@@ -55,12 +55,24 @@ impl NetNs {
         &self.path
     }
 
+    /// True when the calling thread is in this namespace (same nsfs inode).
+    fn is_current_thread_s(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let here = std::fs::metadata(format!("/proc/self/task/{}/ns/net", nix::unistd::gettid()));
+        match (here, self.file.metadata()) {
+            (Ok(here), Ok(target)) => here.dev() == target.dev() && here.ino() == target.ino(),
+            _ => false,
+        }
+    }
+
     /// Raw descriptor, e.g. for moving a link into this namespace (IFLA_NET_NS_FD).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
 
-    /// Runs `f` on a fresh OS thread that has entered this namespace.
+    /// Runs `f` on a fresh OS thread that has entered this namespace. A thread that is
+    /// in it already does not enter it again: setns(2) needs CAP_SYS_ADMIN, which the
+    /// agent's container does not have (it rebinds its sockets in its own namespace).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let fd = self.file.as_raw_fd();
         std::thread::scope(|scope| {
@@ -68,10 +80,12 @@ impl NetNs {
                 .spawn(move || {
                     // SAFETY: `self.file` outlives the scoped thread.
                     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-                    setns(borrowed, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
-                        path: self.path.clone(),
-                        source: e.into(),
-                    })?;
+                    if !self.is_current_thread_s() {
+                        setns(borrowed, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
+                            path: self.path.clone(),
+                            source: e.into(),
+                        })?;
+                    }
                     Ok(f())
                 })
                 .join()

@@ -235,7 +235,22 @@ impl Telemetry {
         match &self.readiness {
             Readiness::ControlPlaneOnly => Ok(()),
             Readiness::Node { interface } => {
-                let plan = read(&self.observed).plan.clone().unwrap_or_default();
+                let (plan, threads_alive) = {
+                    let observed = read(&self.observed);
+                    (
+                        observed.plan.clone().unwrap_or_default(),
+                        observed.device.as_ref().map(|d| d.threads_alive()),
+                    )
+                };
+                match threads_alive {
+                    None => return Err(format!("no WireGuard device for {interface} yet")),
+                    Some(false) => {
+                        return Err(format!(
+                            "a packet thread of {interface} is down (restarting; see wgmesh_dataplane_thread_restarts_total)"
+                        ));
+                    }
+                    Some(true) => {}
+                }
                 health::data_plane(interface, &plan).await
             }
         }

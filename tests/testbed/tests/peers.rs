@@ -163,9 +163,10 @@ fn a_wg_quick_peer_reaches_pods_on_every_node_and_pods_reach_it_but_not_the_node
     assert!(!tb.internet().ping(bridge0), "a Peer reached node0 itself");
     assert!(tb.internet().ping(pods[0].ip()), "but still its pods");
     // Unless its Peer object lists the destination.
-    let opted_in = std::fs::read_to_string(&peer_file)
-        .unwrap()
-        .replace("  persistentKeepalive: 25\n", "  persistentKeepalive: 25\n  allowedDestinations: [10.244.0.1/32]\n");
+    let opted_in = std::fs::read_to_string(&peer_file).unwrap().replace(
+        "  persistentKeepalive: 25\n",
+        "  persistentKeepalive: 25\n  allowedDestinations: [10.244.0.1/32]\n",
+    );
     std::fs::write(&peer_file, opted_in).unwrap();
     tb.api()
         .kubectl_ok(&["apply", "-f", peer_file.to_str().unwrap()]);
