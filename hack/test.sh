@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Most tests create network namespaces, links and nftables rules: without root they
+# cannot run, and a run that skipped them would look green. Refuse instead.
+if [[ $(id -u) -ne 0 ]]; then
+  echo "hack/test.sh: must run as root (uid 0, not $(id -u)): the network and end-to-end" \
+    "tests need network namespaces, links and nftables; e.g. sudo -E ./hack/test.sh" >&2
+  exit 1
+fi
+
 ./hack/install-deps.sh
 # A from-scratch build gains nothing from incremental caches, which would add ~2 GB of disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

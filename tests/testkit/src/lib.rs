@@ -41,15 +41,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// Skips the calling test (returns early) unless running as root, with a note on stderr.
-/// Network tests need root; CI runs as root, so they run there.
+/// Fails the calling test unless it runs as root. Network tests need root (namespaces,
+/// links, nftables); run without it they cannot show anything, and a test that returned
+/// early would be reported as passed. `hack/test.sh` refuses to start without root.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!("skipping: this test needs root (network namespaces)");
-            return;
-        }
+        assert!(
+            $crate::is_root(),
+            "this test needs root (network namespaces, links, nftables): run it as root, \
+             e.g. `sudo -E cargo nextest run ...`; it fails rather than pass without running"
+        );
     };
 }
 
