@@ -2,7 +2,8 @@
 # Fuzzes wgmesh's parsers: every cargo-fuzz target of fuzz/ (libFuzzer, AddressSanitizer)
 # for SECONDS each (default 60), starting from the committed seeds in fuzz/corpus/<target>/.
 # Installs cargo-fuzz if missing. Exits non-zero if any target crashes, printing the
-# crashing input and the command that reproduces it.
+# crashing input and the command that reproduces it, and also when any target of
+# fuzz/fuzz_targets/ did not run (not listed by cargo fuzz, or no input executed).
 #
 #   hack/fuzz.sh [SECONDS]
 #
@@ -37,8 +38,24 @@ echo "fuzz targets built in $((SECONDS - start)) s"
 work=$(mktemp -d "${TMPDIR:-/tmp}/wgmesh-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
+# Every file of fuzz/fuzz_targets/ is a target, and `cargo fuzz list` must name exactly
+# those: a target missing from fuzz/Cargo.toml, or a listing that failed or printed
+# nothing, would otherwise fuzz nothing and pass.
+mapfile -t targets < <(find fuzz/fuzz_targets -maxdepth 1 -name '*.rs' -printf '%f\n' | sed 's/\.rs$//' | sort)
+if ((${#targets[@]} == 0)); then
+  echo "no fuzz targets in fuzz/fuzz_targets/" >&2
+  exit 1
+fi
+listed=$(cargo fuzz list | sort)
+if [[ $listed != "$(printf '%s\n' "${targets[@]}")" ]]; then
+  echo "cargo fuzz list does not name exactly the targets of fuzz/fuzz_targets/ (< files, > listed):" >&2
+  diff <(printf '%s\n' "${targets[@]}") <(echo "$listed") >&2 || true
+  exit 1
+fi
+
 failed=()
-for target in $(cargo fuzz list); do
+not_run=()
+for target in "${targets[@]}"; do
   seeds=fuzz/corpus/$target
   artifacts=fuzz/artifacts/$target
   mkdir -p "$work/$target" "$artifacts"
@@ -59,11 +76,24 @@ for target in $(cargo fuzz list); do
       echo "  reproduce with: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $sanitizer $target $crash" >&2
     fi
     failed+=("$target")
+    continue
+  fi
+  # A clean exit is not enough: the target must have executed inputs.
+  executed=$(sed -n 's/^stat::number_of_executed_units: *\([0-9][0-9]*\).*/\1/p' "$log" | tail -n 1)
+  if ((${executed:-0} == 0)); then
+    tail -n 20 "$log" >&2
+    echo "FAILED: $target exited cleanly but executed no input" >&2
+    not_run+=("$target")
   fi
 done
 
-echo "fuzzing done in $((SECONDS - start)) s"
+echo "fuzzing done in $((SECONDS - start)) s: ${#targets[@]} targets"
 if ((${#failed[@]})); then
-  echo "crashed: ${failed[*]}" >&2
+  echo "failed (crash or error): ${failed[*]}" >&2
+fi
+if ((${#not_run[@]})); then
+  echo "did not run: ${not_run[*]}" >&2
+fi
+if ((${#failed[@]} + ${#not_run[@]})); then
   exit 1
 fi
