@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use wgmesh_testkit::{Proc, wait_until};
 
 use crate::exec;
@@ -66,6 +67,26 @@ impl Packet {
             })
             .collect()
     }
+
+    /// The IPv4 source and destination addresses of the packet, and of the packet an
+    /// ICMP error quotes (if it is one): every address the packet shows in clear.
+    pub fn ipv4_addresses(&self) -> Vec<Ipv4Addr> {
+        let b = self.bytes();
+        let mut out = Vec::new();
+        if b.len() < 20 || b[0] >> 4 != 4 {
+            return out;
+        }
+        let at = |i: usize| Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]);
+        out.extend([at(12), at(16)]);
+        let ihl = usize::from(b[0] & 0x0f) * 4;
+        // ICMP destination unreachable, time exceeded, parameter problem: the 8-byte ICMP
+        // header, then the offending IP header.
+        let quoted = ihl + 8;
+        if b[9] == 1 && b.len() >= quoted + 20 && matches!(b[ihl], 3 | 11 | 12) {
+            out.extend([at(quoted + 12), at(quoted + 16)]);
+        }
+        out
+    }
 }
 
 /// The packets of one capture, in time order across interfaces.
@@ -89,6 +110,15 @@ impl Capture {
 
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
+    }
+
+    /// The packets showing an address of `range` (e.g. the pod range) in their IPv4
+    /// header or in the header an ICMP error quotes.
+    pub fn packets_with_addresses_in(&self, range: Ipv4Net) -> Vec<&Packet> {
+        self.packets
+            .iter()
+            .filter(|p| p.ipv4_addresses().iter().any(|a| range.contains(a)))
+            .collect()
     }
 
     /// True if any packet's bytes contain `needle` (e.g. a plaintext payload).
@@ -297,6 +327,74 @@ mod tests {
         assert_eq!(
             capture.lines()[1],
             "node0: IP 192.0.2.1.40000 > 192.0.2.15.9: UDP, length 5"
+        );
+    }
+
+    /// An IPv4 header (protocol `proto`, no options) from `src` to `dst`, then `rest`.
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], rest: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+        b.extend(src);
+        b.extend(dst);
+        b.extend(rest);
+        b
+    }
+
+    /// A tcpdump `-X` style packet holding `bytes`.
+    fn packet(bytes: &[u8]) -> Packet {
+        let hex = bytes
+            .chunks(16)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let groups: Vec<String> = chunk
+                    .chunks(2)
+                    .map(|g| g.iter().map(|b| format!("{b:02x}")).collect())
+                    .collect();
+                format!(
+                    "\t0x{:04x}:  {}  ................",
+                    i * 16,
+                    groups.join(" ")
+                )
+            })
+            .collect();
+        Packet {
+            interface: "node0".into(),
+            time: 0.0,
+            summary: String::new(),
+            hex,
+        }
+    }
+
+    #[test]
+    fn pod_addresses_are_found_in_headers_and_in_quoted_headers_of_icmp_errors() {
+        let pods: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let (node0, node1, pod) = ([192, 0, 2, 2], [192, 0, 2, 18], [10, 244, 1, 5]);
+        let wireguard = packet(&ipv4(
+            17,
+            node0,
+            node1,
+            &[0xca, 0x6c, 0xca, 0x6c, 0, 8, 0, 0],
+        ));
+        let plain = packet(&ipv4(1, pod, node1, &[8, 0, 0, 0, 0, 0, 0, 0]));
+        let quoted = ipv4(1, node1, pod, &[8, 0, 0, 0, 0, 0, 0, 0]);
+        let mut icmp_error = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp_error.extend(&quoted);
+        let unreachable = packet(&ipv4(1, node1, node0, &icmp_error));
+        // An echo request's payload may hold anything: only errors quote a header.
+        let mut echo = vec![8, 0, 0, 0, 0, 0, 0, 0];
+        echo.extend(&quoted);
+        let echo = packet(&ipv4(1, node0, node1, &echo));
+
+        assert_eq!(
+            wireguard.ipv4_addresses(),
+            [Ipv4Addr::from(node0), Ipv4Addr::from(node1)]
+        );
+        assert_eq!(unreachable.ipv4_addresses().len(), 4);
+        let capture = Capture {
+            packets: vec![wireguard, plain.clone(), unreachable.clone(), echo],
+        };
+        assert_eq!(
+            capture.packets_with_addresses_in(pods),
+            [&plain, &unreachable]
         );
     }
 }

@@ -74,6 +74,16 @@ pub trait Exec {
             .status
             .success()
     }
+
+    /// True when one echo request from there is answered within `timeout`: a cheap probe
+    /// to time a change with (a lost first packet is not retried, unlike [`Exec::ping`]).
+    fn ping_once(&self, addr: impl std::fmt::Display, timeout: Duration) -> bool {
+        let addr = addr.to_string();
+        let wait = format!("{:.3}", timeout.as_secs_f64());
+        self.exec(&["ping", "-n", "-c", "1", "-W", &wait, &addr])
+            .status
+            .success()
+    }
 }
 
 /// Splits `args` into program and arguments, for the `exec(&["ip", "addr"])` style.

@@ -274,6 +274,15 @@ impl Testbed {
     /// Adds a node in the next slot: namespaces, Node object, agent; waits until it and
     /// every other node list each other. Returns its slot.
     pub fn add_node(&mut self) -> usize {
+        let (index, _) = self.add_node_without_waiting();
+        self.wait_for_mesh();
+        index
+    }
+
+    /// Adds a node in the next slot like [`Testbed::add_node`], but returns as soon as
+    /// its agent is started, without waiting for the mesh: its slot, and the moment its
+    /// Node object was created (when a join starts; the namespaces are built before).
+    pub fn add_node_without_waiting(&mut self) -> (usize, Instant) {
         let index = self.nodes.len();
         assert!(index < MAX_NODES, "the testbed is full ({MAX_NODES} nodes)");
         let addresses = NodeAddresses::for_index(index);
@@ -285,11 +294,11 @@ impl Testbed {
             &self.node_kubeconfig,
             self.dir.path(),
         );
+        let registered = Instant::now();
         self.kube.create_node(node.name(), &addresses);
         node.start_agent(&self.agent_args_ref());
         self.nodes.push(Some(node));
-        self.wait_for_mesh();
-        index
+        (index, registered)
     }
 
     /// Removes node `i` for good: stops its agent, deletes its Node object (if it still

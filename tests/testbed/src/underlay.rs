@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use wgmesh_testkit::Proc;
 
@@ -191,6 +192,56 @@ impl Router {
         self.counter_packets(POD_RANGE_COUNTER)
     }
 
+    /// Panics unless no packet from or to the pod range has reached the router since the
+    /// testbed was built (its drop counter is 0), and none shows a pod address in any of
+    /// `captures`. Each node is alone with the router in its subnet, so every packet on
+    /// the underlay passes the router: this shows that pod traffic crossed the underlay
+    /// only encrypted.
+    pub fn assert_no_pod_traffic_in_clear(&self, captures: &[&Capture]) {
+        let range = crate::addressing::cluster_cidr();
+        for capture in captures {
+            let clear = capture.packets_with_addresses_in(range);
+            assert!(
+                clear.is_empty(),
+                "{} captured packets show a pod address ({range}) on the underlay, e.g. {}",
+                clear.len(),
+                clear[0]
+            );
+        }
+        let drops = self.pod_range_drops();
+        assert_eq!(
+            drops, 0,
+            "the router dropped {drops} packets from or to the pod range {range}: pod traffic was on the underlay in clear"
+        );
+    }
+
+    /// Drops every packet the router would forward between `a` and `b` (both directions)
+    /// until the returned guard is dropped: e.g. a node cut off from the API server while
+    /// it still reaches the other nodes.
+    pub fn block(&self, a: Ipv4Addr, b: Ipv4Addr) -> Blocked<'_> {
+        static BLOCKS: AtomicU32 = AtomicU32::new(0);
+        let table = format!(
+            "{NFT_TABLE}_block{}",
+            BLOCKS.fetch_add(1, Ordering::Relaxed)
+        );
+        let ruleset = format!(
+            "table ip {table} {{
+                chain forward {{
+                    type filter hook forward priority filter; policy accept;
+                    ip saddr {a} ip daddr {b} drop
+                    ip saddr {b} ip daddr {a} drop
+                }}
+            }}"
+        );
+        let mut nft = self.netns.command("nft");
+        nft.args(["-f", "-"]);
+        crate::exec::output_ok(nft, Some(ruleset.as_bytes()));
+        Blocked {
+            router: self,
+            table,
+        }
+    }
+
     /// The packet count of the named nftables counter `name` in the router's table.
     pub fn counter_packets(&self, name: &str) -> u64 {
         let json = self.exec_ok(&["nft", "-j", "list", "counter", "ip", NFT_TABLE, name]);
@@ -235,6 +286,29 @@ impl Router {
             &self.capture_dir,
             work,
         )
+    }
+}
+
+/// Traffic the router drops between two addresses (see [`Router::block`]); forwarded
+/// again when dropped.
+#[derive(Debug)]
+pub struct Blocked<'a> {
+    router: &'a Router,
+    table: String,
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        let out = self
+            .router
+            .exec(&["nft", "delete", "table", "ip", &self.table]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!(
+                "cannot lift the block {}: {}",
+                self.table,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }
 

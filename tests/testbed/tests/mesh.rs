@@ -11,6 +11,13 @@ use wgmesh_testkit::{require_root, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 const MB: usize = 1024 * 1024;
+/// How long one probe of a timed change waits for its answer.
+const PROBE: Duration = Duration::from_millis(200);
+/// A new node's join, from its Node object to pod traffic both ways with every pod:
+/// 0.2–0.3 s on the development VM, 1.6 s with two busy loops added to its load.
+const JOIN: Duration = Duration::from_secs(3);
+/// A deleted route's repair by the netlink monitor (30–50 ms on the development VM).
+const ROUTE_REPAIR: Duration = Duration::from_millis(500);
 
 /// 3 nodes × 2 pods: pods[node][k].
 fn cluster(args: &[&str]) -> (Testbed, Vec<Vec<Pod>>) {
@@ -74,21 +81,6 @@ fn assert_only_wireguard_between_nodes(tb: &Testbed, capture: &Capture, payload_
         !capture.contains_bytes(payload_sample),
         "the transferred payload crossed the underlay in clear"
     );
-}
-
-/// The HTTP status code of the agent's telemetry endpoint `path` on `node` ("000" when
-/// nothing answers).
-fn http_code(node: &wgmesh_testbed::Node, path: &str) -> String {
-    let out = node.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://127.0.0.1:9474{path}"),
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -223,8 +215,8 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
             "same-node traffic does not need the mesh"
         );
         assert_eq!(
-            http_code(node0, "/readyz"),
-            "503",
+            node0.telemetry_status("/readyz"),
+            503,
             "/readyz while wgmesh0 is not ours"
         );
         node0.exec_ok(&["ip", "link", "del", "wgmesh0"]);
@@ -238,7 +230,7 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
         start.elapsed()
     );
     wait_until(WAIT, "/readyz to recover", || {
-        (http_code(node0, "/readyz") == "200").then_some(())
+        (node0.telemetry_status("/readyz") == 200).then_some(())
     });
     // While wgmesh0 was gone nothing left node0 in clear.
     assert_only_wireguard_between_nodes(&tb, &capture, b"no payload sample");
@@ -246,27 +238,34 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
 }
 
 #[test]
-fn a_fourth_node_joins_within_two_seconds_and_a_deleted_node_leaves_every_peer_list() {
+fn a_fourth_node_joins_within_three_seconds_of_registering_and_a_deleted_node_leaves_every_peer_list()
+ {
     require_root!();
     let (mut tb, pods) = cluster(&[]);
-    let joined = tb.add_node();
+    // The clock starts when the Node object is created (the agent starts right after),
+    // not once the mesh has converged.
+    let (joined, registered) = tb.add_node_without_waiting();
+    // A runtime starts pods on the node once its agent has written the CNI config.
     let newcomer = tb.add_pod(joined, "p30");
-    let start = Instant::now();
+    let attached = registered.elapsed();
     for p in pods.iter().flatten() {
         wait_until(
-            Duration::from_secs(2),
-            "the new node's pod to reach every pod",
-            || newcomer.ping(p.ip()).then_some(()),
-        );
-        assert!(
-            p.ping(newcomer.ip()),
-            "{} cannot reach the new pod",
-            p.name()
+            WAIT,
+            "the new node's pod and every pod to reach each other",
+            || {
+                (newcomer.ping_once(p.ip(), PROBE) && p.ping_once(newcomer.ip(), PROBE))
+                    .then_some(())
+            },
         );
     }
+    let took = registered.elapsed();
     eprintln!(
-        "the new node's pod reached all 6 pods {:?} after add_node",
-        start.elapsed()
+        "FIGURE node join: the new node's pod (attached {attached:?} after the Node object was created) and all 6 pods reached each other {took:?} after it"
+    );
+    assert!(
+        took < JOIN,
+        "the fourth node took {took:?} (more than {JOIN:?}) from registering to pod traffic both ways with every pod\n{}",
+        tb.diagnostics()
     );
 
     tb.delete_node_object(1);
@@ -414,9 +413,9 @@ fn wg_show_metrics_and_status_report_every_peer_with_recent_handshakes() {
 }
 
 #[test]
-fn liveness_stays_ok_while_the_api_server_is_down_and_mtu_follows_the_underlay() {
+fn mtu_follows_the_underlay_on_wgmesh0_the_bridge_the_cni_config_and_pods() {
     require_root!();
-    let (mut tb, pods) = cluster(&[]);
+    let (tb, pods) = cluster(&[]);
     let node0 = tb.node(0);
     // MTU: the underlay's minus 80, on wgmesh0, the bridge, the conflist and pods.
     let mtu_in = |out: String| -> u32 {
@@ -437,21 +436,8 @@ fn liveness_stays_ok_while_the_api_server_is_down_and_mtu_follows_the_underlay()
         mtu_in(pods[0][0].exec_ok(&["ip", "-o", "link", "show", "dev", "eth0"])),
         want
     );
-
-    let code = |tb: &Testbed, path: &str| http_code(tb.node(0), path);
-    tb.api_mut().stop();
-    assert_eq!(code(&tb, "/healthz"), "200");
-    assert_eq!(
-        code(&tb, "/readyz"),
-        "200",
-        "readiness does not flap with the API server"
-    );
-    assert!(
-        pods[0][0].ping(pods[1][0].ip()),
-        "pod traffic keeps flowing without the API server"
-    );
-    tb.api_mut().restart();
-    assert_eq!(code(&tb, "/healthz"), "200");
+    // Liveness and readiness through an API server outage are checked past the
+    // liveness window by resilience.rs (pods_keep_talking_through_an_api_server_outage...).
 }
 
 #[test]
@@ -538,32 +524,51 @@ fn a_stopped_agent_leaves_no_plaintext_window_and_uninstall_removes_everything()
 }
 
 #[test]
-fn deleted_routes_come_back_at_once_and_a_deleted_nftables_table_at_the_next_resync() {
+fn deleted_routes_come_back_at_once_from_the_netlink_monitor_without_a_resync() {
     require_root!();
-    let (tb, pods) = cluster(&["--resync-interval", "2s"]);
+    // An hour between periodic resyncs: within the test only the netlink monitor can
+    // notice the deletion.
+    let tb = Testbed::builder()
+        .nodes(2)
+        .agent_args(&["--resync-interval", "60m"])
+        .build();
+    let (local, remote_pod) = (tb.add_pod(0, "p0"), tb.add_pod(1, "p1"));
     let node0 = tb.node(0);
     let remote = tb.node(1).pod_cidr().to_string();
-    node0.exec_ok(&["ip", "route", "del", &remote]);
-    let start = Instant::now();
-    wait_until(WAIT, "the route to come back", || {
+    let installed = || {
         node0
             .exec_ok(&["ip", "route", "show", "proto", "87"])
             .contains(&format!("{remote} dev wgmesh0"))
-            .then_some(())
-    });
-    eprintln!(
-        "a deleted route came back after {:?} (netlink monitor)",
-        start.elapsed()
+    };
+    assert!(installed(), "the route to node1's pods is in place");
+    node0.exec_ok(&["ip", "route", "del", &remote]);
+    let start = Instant::now();
+    wait_until(WAIT, "the route to come back", || installed().then_some(()));
+    let back = start.elapsed();
+    eprintln!("FIGURE route repair: a deleted route came back after {back:?} (netlink monitor)");
+    assert!(
+        back < ROUTE_REPAIR,
+        "the deleted route came back only after {back:?} (more than {ROUTE_REPAIR:?})"
     );
-    assert!(pods[0][0].ping(pods[1][0].ip()));
+    assert!(local.ping(remote_pod.ip()));
+}
 
+#[test]
+fn a_deleted_nftables_table_comes_back_at_the_next_resync_and_readiness_reports_it_missing() {
+    require_root!();
+    const RESYNC: Duration = Duration::from_secs(2);
+    let tb = Testbed::builder()
+        .nodes(2)
+        .agent_args(&["--resync-interval", "2s"])
+        .build();
+    let node0 = tb.node(0);
     // /readyz checks the table live, so a resync between the delete and the request
     // rightly answers 200 again: delete until a request lands in the gap.
-    wait_until(WAIT, "/readyz to answer 503 without the table", || {
+    let deleted = wait_until(WAIT, "/readyz to answer 503 without the table", || {
+        let deleted = Instant::now();
         node0.exec(&["nft", "delete", "table", "inet", "wgmesh"]);
-        (http_code(node0, "/readyz") == "503").then_some(())
+        (node0.telemetry_status("/readyz") == 503).then_some(deleted)
     });
-    let start = Instant::now();
     wait_until(WAIT, "the table to come back", || {
         node0
             .exec(&["nft", "list", "table", "inet", "wgmesh"])
@@ -571,11 +576,16 @@ fn deleted_routes_come_back_at_once_and_a_deleted_nftables_table_at_the_next_res
             .success()
             .then_some(())
     });
+    let back = deleted.elapsed();
     eprintln!(
-        "a deleted nftables table came back after {:?} (periodic resync of 2 s)",
-        start.elapsed()
+        "FIGURE nftables repair: a deleted table came back after {back:?} (periodic resync of {RESYNC:?})"
+    );
+    // The next resync is at most one interval away; the rest is slack for a busy machine.
+    assert!(
+        back < RESYNC * 5,
+        "the deleted table came back only after {back:?}"
     );
     wait_until(WAIT, "/readyz to recover", || {
-        (http_code(node0, "/readyz") == "200").then_some(())
+        (node0.telemetry_status("/readyz") == 200).then_some(())
     });
 }
