@@ -2,7 +2,8 @@
 //! and plan) and a single-node change (re-parse one node, plan again), with time and
 //! heap allocated per pass. A benchmark, not a test:
 //! `cargo bench -p wgmesh --bench mesh`. Target: under 10 ms per full recompute at
-//! 5,000 nodes.
+//! 5,000 nodes. `-- --smoke` makes one pass of each, only to show that the benchmark
+//! still works (`hack/test.sh` does).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -73,11 +74,15 @@ struct Sample {
     peak: usize,
 }
 
-fn measure<T>(mut f: impl FnMut() -> T) -> Sample {
+/// Passes per measurement (the median is reported), and in a smoke run.
+const PASSES: usize = 15;
+const SMOKE_PASSES: usize = 1;
+
+fn measure<T>(passes: usize, mut f: impl FnMut() -> T) -> Sample {
     let mut times = Vec::new();
     let mut allocated = 0;
     let mut peak = 0;
-    for _ in 0..15 {
+    for _ in 0..passes {
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let before = ALLOCATED.load(Ordering::Relaxed);
@@ -95,18 +100,44 @@ fn measure<T>(mut f: impl FnMut() -> T) -> Sample {
     }
 }
 
+/// True for `--smoke`; cargo passes `--bench` to every benchmark binary.
+fn smoke_from_args() -> bool {
+    let mut smoke = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--bench" => {}
+            "--smoke" => smoke = true,
+            other => {
+                eprintln!("mesh: unknown argument {other:?} (only --smoke)");
+                std::process::exit(2);
+            }
+        }
+    }
+    smoke
+}
+
 fn main() {
+    let passes = if smoke_from_args() {
+        SMOKE_PASSES
+    } else {
+        PASSES
+    };
     let cfg = MeshConfig {
         cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cidr")],
         ..MeshConfig::default()
     };
     println!(
-        "mesh computation, median of 15 passes (allocated = bytes allocated in the pass, peak = peak live heap growth)"
+        "mesh computation, median of {passes} passes (allocated = bytes allocated in the pass, peak = peak live heap growth){}",
+        if passes == SMOKE_PASSES {
+            "; a smoke run, not a measurement"
+        } else {
+            ""
+        }
     );
     for n in [1_000usize, 5_000] {
         let views: Vec<NodeView> = (0..n).map(node).collect();
         let local = views[0].name.clone();
-        let full = measure(|| {
+        let full = measure(passes, || {
             let parsed: Vec<ParsedNode> = views.iter().map(|v| mesh::parse(v, &cfg)).collect();
             mesh::plan(&local, None, &parsed, NO_PEERS, &cfg)
         });
@@ -119,7 +150,7 @@ fn main() {
         changed
             .annotations
             .insert(annotation::ENDPOINT.into(), "203.0.113.9:51820".into());
-        let single = measure(|| {
+        let single = measure(passes, || {
             parsed[n / 2] = mesh::parse(&changed, &cfg);
             mesh::plan(&local, None, &parsed, NO_PEERS, &cfg)
         });

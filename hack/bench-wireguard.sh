@@ -30,6 +30,10 @@
 #   middle of each point-to-point transfer of the first round into PERF_DIR/IMPL.data.
 #   BIN_DIR: use the binaries there (wgmesh, wgmesh-wg, wgmesh-cni, test-apiserver,
 #   wgmesh-testbed) instead of building; e.g. a copy of an earlier build, for "before".
+#
+# Exits non-zero when a measurement failed (no bytes through iperf3, no ping answered, an
+# implementation missing from a round), so a smoke run (hack/test.sh: the debug binaries,
+# 1 s, one round) fails when the benchmark stopped working.
 
 set -euo pipefail
 
@@ -203,6 +207,7 @@ for line in sys.stdin:
 }
 
 declare -A MBITS BYTES CPU RTT
+FAILED=()
 record() {
 	local impl=$1 mbits=$2 bytes=$3 cpu=$4 rtt=$5
 	MBITS[$impl]="${MBITS[$impl]:-} $mbits"
@@ -210,6 +215,10 @@ record() {
 	CPU[$impl]="${CPU[$impl]:-} $cpu"
 	RTT[$impl]="${RTT[$impl]:-} $rtt"
 	echo "== round $round, $impl: $mbits Mbit/s, $cpu CPU s for $bytes bytes, RTT $rtt ms" >&2
+	if [[ $bytes == 0 || $rtt == nan ]]; then
+		echo "bench-wireguard: round $round, $impl: the measurement failed (no bytes through iperf3 or no ping answered)" >&2
+		FAILED+=("$impl")
+	fi
 }
 
 for round in $(seq "$RUNS"); do
@@ -260,6 +269,15 @@ print("%-17s %9.0f %20s %9s %11s %9.3f %9s" % (impl, v, each, ratio(v, w), cpu_g
 EOF
 done
 
+# Every implementation measured in every round (a pod round that failed records nothing).
+for impl in "${IMPLS[@]}"; do
+	measured=$(wc -w <<<"${MBITS[$impl]:-}")
+	if ((measured != RUNS)); then
+		echo "bench-wireguard: $impl was measured in $measured of $RUNS rounds" >&2
+		FAILED+=("$impl")
+	fi
+done
+
 # Where the CPU went in each profile (system-wide, both ends and iperf3): kernel vs user
 # space, ChaCha20-Poly1305, payload copies, idle. Full reports: perf report -i FILE.
 if [[ -n ${PERF_DIR:-} ]] && command -v perf >/dev/null; then
@@ -277,4 +295,9 @@ if [[ -n ${PERF_DIR:-} ]] && command -v perf >/dev/null; then
 			  if ($0 ~ /safe_halt|cpu_idle|intel_idle/) idle += p }
 			END { printf "  %-17s kernel %5.1f  user %5.1f  crypto %5.1f  copies %5.1f  idle %5.1f\n", name, k, u, c, cp, idle }'
 	done
+fi
+
+if ((${#FAILED[@]})); then
+	echo "bench-wireguard: failed measurements: ${FAILED[*]}" >&2
+	exit 1
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of wgmesh: installs missing system packages, checks formatting and
 # lints, then runs all tests of the workspace (unit, integration and end-to-end;
-# many need root and real network namespaces) and fuzzes the parsers (hack/fuzz.sh).
+# many need root and real network namespaces), each benchmark once in a short mode,
+# and fuzzes the parsers (hack/fuzz.sh). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +44,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Each benchmark once in a short mode, on the debug build: not a measurement (the
+# README's figures come from full runs), but a benchmark that stopped working fails the
+# run. bench-wireguard.sh without boringtun, which it would first build from crates.io.
+cargo bench --profile dev -p wgmesh --bench mesh -- --smoke
+cargo bench --profile dev -p wgmesh-cni --bench add_del -- --smoke
+RUNS=1 BIN_DIR="$target_dir/debug" ./hack/bench-wireguard.sh 1 \
+  veth wgmesh-wg wireguard-go pod-agent pod-wireguard-go
 # Each parser's fuzz target for a bounded time; a crash fails the run.
 ./hack/fuzz.sh "${FUZZ_SECONDS:-60}"
