@@ -332,6 +332,27 @@ impl Testbed {
             .unwrap_or_default()
     }
 
+    /// Installs the Peer CRD of the shipped manifest (`manifests/wgmesh.yaml`), as a real
+    /// installation has it. Without it the agents' Peer watch keeps retrying, and each
+    /// retry wakes their reconcile loop (about once a second).
+    pub fn install_peer_crd(&self) {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/wgmesh.yaml");
+        let all = std::fs::read_to_string(manifest)
+            .unwrap_or_else(|e| panic!("cannot read {manifest}: {e}"));
+        let crd = all
+            .split("\n---")
+            .find(|doc| {
+                doc.contains("kind: CustomResourceDefinition")
+                    && doc.contains("name: peers.wgmesh.io")
+            })
+            .unwrap_or_else(|| panic!("no Peer CRD in {manifest}"));
+        let path = self.dir.path().join("peer-crd.yaml");
+        std::fs::write(&path, crd)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        self.api
+            .kubectl_ok(&["apply", "-f", &path.to_string_lossy()]);
+    }
+
     /// Creates pod `name` on node `i` as a runtime does; see [`Pod`].
     pub fn add_pod(&self, i: usize, name: &str) -> Pod {
         self.node(i).add_pod(name)

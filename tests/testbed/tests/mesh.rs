@@ -541,6 +541,25 @@ fn deleted_routes_come_back_at_once_from_the_netlink_monitor_without_a_resync() 
             .contains(&format!("{remote} dev wgmesh0"))
     };
     assert!(installed(), "the route to node1's pods is in place");
+    // Any other wake-up repairs too: start once the agent has been idle for a while (a
+    // Peer watch without its CRD wakes it every second), so only the deletion can.
+    tb.install_peer_crd();
+    let reconciles = || {
+        let metrics = node0.exec_ok(&["curl", "-sf", "http://127.0.0.1:9474/metrics"]);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wgmesh_reconciles_total "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no wgmesh_reconciles_total in:\n{metrics}"))
+    };
+    let mut last = (reconciles(), Instant::now());
+    wait_until(WAIT, "node0's agent to be idle for 2 s", || {
+        let now = reconciles();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        (last.1.elapsed() > Duration::from_secs(2)).then_some(())
+    });
     node0.exec_ok(&["ip", "route", "del", &remote]);
     let start = Instant::now();
     wait_until(WAIT, "the route to come back", || installed().then_some(()));
