@@ -14,7 +14,7 @@ const MB: usize = 1024 * 1024;
 /// How long one probe of a timed change waits for its answer.
 const PROBE: Duration = Duration::from_millis(200);
 /// A new node's join, from its Node object to pod traffic both ways with every pod:
-/// 0.2–0.3 s on the development VM, 1.6 s with two busy loops added to its load.
+/// 0.2–1.2 s on the development VM, up to 1.6 s with two busy loops added to its load.
 const JOIN: Duration = Duration::from_secs(3);
 /// A deleted route's repair by the netlink monitor (30–50 ms on the development VM).
 const ROUTE_REPAIR: Duration = Duration::from_millis(500);
