@@ -268,6 +268,12 @@ fn a_fourth_node_joins_within_three_seconds_of_registering_and_a_deleted_node_le
         tb.diagnostics()
     );
 
+    // The key is read while the Node object still exists (afterwards it has none).
+    let key = tb
+        .node_annotations(1)
+        .get(wgmesh_testbed::annotation::PUBLIC_KEY)
+        .cloned()
+        .expect("node1 published its key");
     tb.delete_node_object(1);
     let gone = tb.node(1).name().to_string();
     for i in [0, 2, 3] {
@@ -275,19 +281,13 @@ fn a_fourth_node_joins_within_three_seconds_of_registering_and_a_deleted_node_le
         wait_until(WAIT, "the deleted node to leave the peer list", || {
             (!node.mesh_peers().contains(&gone)).then_some(())
         });
-        let key = tb
-            .node_annotations(1)
-            .get(wgmesh_testbed::annotation::PUBLIC_KEY)
-            .cloned();
         let wg = node.exec_ok(&["wg", "show", "wgmesh0", "peers"]);
         assert_eq!(wg.lines().count(), 2, "{}: {wg}", node.name());
-        if let Some(key) = key {
-            assert!(
-                !wg.contains(&key),
-                "{} still has {gone} as a WireGuard peer",
-                node.name()
-            );
-        }
+        assert!(
+            !wg.contains(&key),
+            "{} still has {gone} as a WireGuard peer",
+            node.name()
+        );
     }
 }
 
