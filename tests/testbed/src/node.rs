@@ -195,26 +195,6 @@ impl Node {
         });
     }
 
-    /// The HTTP status of the agent's telemetry endpoint `path` (e.g. `/healthz`) at its
-    /// default address 127.0.0.1:9474; 0 when nothing answers within 5 s.
-    pub fn telemetry_status(&self, path: &str) -> u16 {
-        let out = self.exec(&[
-            "curl",
-            "-s",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://127.0.0.1:9474{path}"),
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
-    }
-
     /// Everything the node's agent logged (all of its starts).
     pub fn agent_log(&self) -> String {
         self.agent.log()

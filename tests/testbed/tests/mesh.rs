@@ -215,8 +215,8 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
             "same-node traffic does not need the mesh"
         );
         assert_eq!(
-            node0.telemetry_status("/readyz"),
-            503,
+            node0.agent_http("/readyz").0,
+            "503",
             "/readyz while wgmesh0 is not ours"
         );
         node0.exec_ok(&["ip", "link", "del", "wgmesh0"]);
@@ -230,7 +230,7 @@ fn without_wgmesh0_cross_node_pod_traffic_is_dropped_until_the_agent_restores_it
         start.elapsed()
     );
     wait_until(WAIT, "/readyz to recover", || {
-        (node0.telemetry_status("/readyz") == 200).then_some(())
+        (node0.agent_http("/readyz").0 == "200").then_some(())
     });
     // While wgmesh0 was gone nothing left node0 in clear.
     assert_only_wireguard_between_nodes(&tb, &capture, b"no payload sample");
@@ -586,7 +586,7 @@ fn a_deleted_nftables_table_comes_back_at_the_next_resync_and_readiness_reports_
     let deleted = wait_until(WAIT, "/readyz to answer 503 without the table", || {
         let deleted = Instant::now();
         node0.exec(&["nft", "delete", "table", "inet", "wgmesh"]);
-        (node0.telemetry_status("/readyz") == 503).then_some(deleted)
+        (node0.agent_http("/readyz").0 == "503").then_some(deleted)
     });
     wait_until(WAIT, "the table to come back", || {
         node0
@@ -605,6 +605,6 @@ fn a_deleted_nftables_table_comes_back_at_the_next_resync_and_readiness_reports_
         "the deleted table came back only after {back:?}"
     );
     wait_until(WAIT, "/readyz to recover", || {
-        (node0.telemetry_status("/readyz") == 200).then_some(())
+        (node0.agent_http("/readyz").0 == "200").then_some(())
     });
 }
