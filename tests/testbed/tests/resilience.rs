@@ -327,7 +327,7 @@ fn pods_keep_talking_through_an_api_server_outage_and_an_agent_restart_in_it_and
         "200",
         "/readyz of node1 after {down:?} without the API server"
     );
-    eprintln!("FIGURE API outage total {down:?}; /healthz and /readyz 200 throughout");
+    eprintln!("FIGURE API outage total {down:?}; /healthz and /readyz of node1 then 200");
     // The watch retried with backoff (capped at about a second, so that a change right
     // after the outage arrives within ~2 s), neither silently (a watch that stopped
     // trying would never resume) nor in a tight loop (two a second at most).
