@@ -82,7 +82,14 @@ impl PeerWatch {
             let mut warned = false;
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(_) => changed.notify_one(),
+                    // The store changes on these; `Init` (every reconnect, even one that
+                    // fails next) and `InitApply` (a relist in progress) do not need a pass.
+                    Ok(
+                        watcher::Event::Apply(_)
+                        | watcher::Event::Delete(_)
+                        | watcher::Event::InitDone,
+                    ) => changed.notify_one(),
+                    Ok(_) => {}
                     Err(e) if !warned => {
                         tracing::info!(error = %e, "no Peer objects (is the peers.wgmesh.io CRD installed?); retrying");
                         warned = true;

@@ -36,7 +36,14 @@ impl NodeWatch {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(_) => changed.notify_one(),
+                    // The store changes on these; `Init` (every reconnect, even one that
+                    // fails next) and `InitApply` (a relist in progress) do not need a pass.
+                    Ok(
+                        watcher::Event::Apply(_)
+                        | watcher::Event::Delete(_)
+                        | watcher::Event::InitDone,
+                    ) => changed.notify_one(),
+                    Ok(_) => {}
                     // The backoff wrapper retries; one line per failure is enough.
                     Err(e) => {
                         tracing::warn!(error = %e, "node watch interrupted; retrying with backoff")

@@ -119,6 +119,16 @@ impl Agent {
             .is_some_and(|p| p.is_running())
     }
 
+    /// True when the agent was started and exited on its own (not stopped or killed
+    /// by the testbed): a crash, or a refused argument.
+    pub fn crashed(&self) -> bool {
+        self.proc
+            .lock()
+            .expect("agent lock")
+            .as_mut()
+            .is_some_and(|p| !p.is_running())
+    }
+
     /// The agent's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.proc

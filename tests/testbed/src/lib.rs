@@ -369,14 +369,21 @@ impl Testbed {
     /// carries a public key. Panics with the agents' logs otherwise.
     pub fn wait_for_mesh(&self) {
         let mut last = String::new();
-        let converged = exec::poll_until(MESH_WAIT, || match self.mesh_problem() {
-            None => Some(()),
-            Some(problem) => {
-                last = problem;
-                None
+        let converged = exec::poll_until(MESH_WAIT, || {
+            // An agent that exited (a crash, a refused argument) never converges.
+            if let Some(dead) = self.nodes().find(|n| n.agent_crashed()) {
+                last = format!("the agent of {} exited", dead.name());
+                return Some(false);
+            }
+            match self.mesh_problem() {
+                None => Some(true),
+                Some(problem) => {
+                    last = problem;
+                    None
+                }
             }
         });
-        if converged.is_none() {
+        if converged != Some(true) {
             panic!(
                 "the testbed's mesh did not converge within {MESH_WAIT:?}: {last}\n{}",
                 self.diagnostics()

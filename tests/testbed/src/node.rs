@@ -210,6 +210,11 @@ impl Node {
         self.agent.is_running()
     }
 
+    /// True when the node's agent exited on its own (crashed, or refused its arguments).
+    pub fn agent_crashed(&self) -> bool {
+        self.agent.crashed()
+    }
+
     /// The agent's pid while it runs.
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.pid()
