@@ -50,6 +50,8 @@ pub struct AppState {
     pub fsync: bool,
     /// Flips to true at shutdown; ends watch streams.
     pub shutdown: signal::Receiver<bool>,
+    /// What the server sent (`GET /metrics`).
+    pub traffic: Arc<crate::traffic::Traffic>,
 }
 
 impl AppState {
@@ -83,12 +85,14 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let class = crate::traffic::Class::of(&method, uri.path(), &Query::parse(uri.query()));
     let resp = match dispatch(&state, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
     tracing::debug!(%method, %uri, status = resp.status().as_u16(), "request");
-    resp
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, state.traffic.count_body(class, body))
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
@@ -176,6 +180,14 @@ where
             openapi::v3(&state.served(), &key).map_or(Err(ApiError::NoRoute), ok)
         }
         Route::OpenApiV2 => openapi_v2(state, req.headers()),
+        Route::Metrics => {
+            let mut resp = Response::new(full(state.traffic.render().to_vec()));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(resp)
+        }
         Route::NotFound | Route::Resource(_) => Err(ApiError::NoRoute),
     }
 }

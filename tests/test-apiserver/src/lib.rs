@@ -11,6 +11,8 @@
 //!   built-ins, apply), delete, deletecollection.
 //! - Discovery (legacy), `/version`, `/healthz`, OpenAPI v3 and v2 without schemas,
 //!   Table output.
+//! - `/metrics`: the bytes it sent, by verb and resource ([`traffic`]), for benchmarks
+//!   of the API traffic (kube-apiserver's own metrics are not imitated).
 //!
 //! # Simplifications (compared to kube-apiserver)
 //! - No schemas: objects are not validated against OpenAPI/CRD schemas, unknown fields
@@ -69,5 +71,6 @@ pub mod server;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod traffic;
 pub mod ttl;
 pub mod watch;

@@ -196,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         watch_timeout: args.watch_timeout,
         fsync: !args.no_fsync,
         shutdown: shutdown_rx.clone(),
+        traffic: Arc::default(),
     });
     if !args.event_ttl.is_zero() {
         tokio::spawn(ttl::run(store.clone(), args.event_ttl, shutdown_rx));

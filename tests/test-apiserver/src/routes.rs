@@ -46,6 +46,8 @@ pub enum Route {
     Root,
     Version,
     Health,
+    /// `/metrics`: the server's traffic counters (see [`crate::traffic`]).
+    Metrics,
     /// `/api`
     CoreVersions,
     /// `/apis`
@@ -76,6 +78,7 @@ pub fn route(path: &str) -> Route {
         [] => Route::Root,
         ["version"] => Route::Version,
         ["healthz" | "livez" | "readyz", ..] => Route::Health,
+        ["metrics"] => Route::Metrics,
         ["api"] => Route::CoreVersions,
         ["api", v] => Route::GroupVersion {
             group: String::new(),
@@ -154,6 +157,7 @@ mod tests {
             ("/version", Route::Version),
             ("/healthz", Route::Health),
             ("/readyz/ping", Route::Health),
+            ("/metrics", Route::Metrics),
             ("/api", Route::CoreVersions),
             (
                 "/api/v1",

@@ -1,6 +1,7 @@
 //! The HTTPS server: accepts TCP connections, answers plain-HTTP attempts the way Go's
 //! TLS server does (a 400 that says so), completes TLS, serves HTTP/1.1 and HTTP/2 with
 //! hyper, and shuts down gracefully (stop accepting, end watches, let requests finish).
+//! Every byte written to a client connection is counted ([`crate::traffic`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::handlers::{AppState, handle};
+use crate::traffic::{CountedWrites, Traffic};
 
 /// How long a client may take to start and finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +43,7 @@ pub async fn serve(
                     let (acceptor, builder, state) = (acceptor.clone(), builder.clone(), state.clone());
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let Some(tls) = handshake(&acceptor, tcp).await else { return };
+                        let Some(tls) = handshake(&acceptor, tcp, &state.traffic).await else { return };
                         let svc = service_fn(move |req| {
                             let state = state.clone();
                             async move { Ok::<_, Infallible>(handle(state, req).await) }
@@ -74,7 +76,8 @@ pub async fn serve(
 async fn handshake(
     acceptor: &TlsAcceptor,
     mut tcp: TcpStream,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    traffic: &Arc<Traffic>,
+) -> Option<tokio_rustls::server::TlsStream<CountedWrites<TcpStream>>> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => {}
@@ -101,6 +104,7 @@ async fn handshake(
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         return None;
     }
+    let tcp = traffic.count_writes(tcp);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
