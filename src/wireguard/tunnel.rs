@@ -19,10 +19,22 @@ use super::drops::DropReason;
 use super::peer::{PeerStats, PresharedKey};
 use crate::key::{PrivateKey, PublicKey};
 
-/// Handshake messages per second before cookies are demanded. Each handshake message is
-/// counted twice (once by the device to find the peer, once inside `Tunn`), as in
-/// boringtun's own device, which uses the same value.
-pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Handshake messages a second the device takes before it demands cookies (proof of the
+/// sender's address, WireGuard paper §5.3) from the rest.
+///
+/// A whole mesh handshaking at once (a node's agent restarting, a pod sending to every
+/// node, every agent greeting a node that joins) must fit: beyond the budget, senders
+/// get a cookie and complete on their retry 5 s later (REKEY_TIMEOUT). At boringtun's 50
+/// a second, a 100-node mesh already waited those 5 s (`hack/bench-scale.sh`). A
+/// handshake costs the receiving thread about 0.55 ms on the development VM, so the
+/// budget also bounds what a flood of unproven handshakes can take: about half a core of
+/// that VM; senders that proved their address with a cookie are never limited.
+pub const HANDSHAKES_PER_SECOND: u64 = 1000;
+
+/// The count boringtun's limiter is given: each handshake message is counted twice (once
+/// by the device's check before it looks up the peer, once inside `Tunn`), with the
+/// same limiter, so one cookie secret answers both checks.
+pub const HANDSHAKE_RATE_LIMIT: u64 = 2 * HANDSHAKES_PER_SECOND;
 
 pub(crate) const MSG_INIT: u8 = 1;
 pub(crate) const MSG_RESPONSE: u8 = 2;
@@ -33,6 +45,11 @@ pub(crate) const RESPONSE_LEN: usize = 92;
 pub(crate) const COOKIE_LEN: usize = 64;
 /// Header (16) plus AEAD tag (16) of a data message.
 pub(crate) const DATA_OVERHEAD: usize = 32;
+/// How long a tunnel without a persistent keepalive must be quiet before its timers stop
+/// running: past WireGuard's longest timer (REJECT_AFTER_TIME × 3 = 540 s, when every
+/// key is erased), nothing is left to time.
+pub const DORMANT_AFTER: Duration = Duration::from_secs(600);
+
 /// The largest datagram or IP packet the data plane handles, plus room for the overhead.
 pub const MAX_PACKET: usize = 65536 + DATA_OVERHEAD;
 
@@ -141,10 +158,12 @@ pub struct Tunnel {
     last_handshake: Option<SystemTime>,
     rx_bytes: u64,
     tx_bytes: u64,
-    /// Authenticated datagrams sent or received, and the count and time when the
-    /// persistent keepalive last saw it change.
+    /// Authenticated datagrams sent or received, and the count and time when a tick
+    /// last saw it change (for the persistent keepalive and dormancy).
     traffic: u64,
     quiet: (u64, Instant),
+    /// Quiet for [`DORMANT_AFTER`]: ticks skip it until a packet comes or goes.
+    dormant: bool,
 }
 
 impl Tunnel {
@@ -169,6 +188,7 @@ impl Tunnel {
             tx_bytes: 0,
             traffic: 0,
             quiet: (0, now),
+            dormant: false,
         };
         t.tunn = identity.map(|id| t.make_tunn(id));
         t
@@ -244,6 +264,9 @@ impl Tunnel {
     /// Encrypts one IP packet into `out` (at least `packet.len() + 32` and 148 bytes).
     #[inline]
     pub fn encapsulate(&mut self, packet: &[u8], out: &mut [u8]) -> Encap {
+        if self.dormant {
+            self.wake();
+        }
         let Some(tunn) = self.tunn.as_mut() else {
             return Encap::Dropped(DropReason::NoKey);
         };
@@ -272,6 +295,9 @@ impl Tunnel {
         out: &'o mut [u8],
         outbox: &mut Outbox,
     ) -> Decap<'o> {
+        if self.dormant {
+            self.wake();
+        }
         let Some(tunn) = self.tunn.as_mut() else {
             return Decap::Dropped(DropReason::NoKey);
         };
@@ -339,8 +365,20 @@ impl Tunnel {
 
     /// Runs the timers (call every 100-250 ms): handshake retransmission and rekey,
     /// keepalives, session expiry, then the persistent keepalive. Datagrams produced go to
-    /// the endpoint.
+    /// the endpoint. A tunnel without a persistent keepalive that has been quiet for
+    /// [`DORMANT_AFTER`] has nothing left to time and is skipped (a mesh of a thousand
+    /// mostly idle peers spent its idle CPU here), until its next packet.
     pub fn tick(&mut self, now: Instant, outbox: &mut Outbox) {
+        let active = self.traffic != self.quiet.0;
+        if active {
+            self.quiet = (self.traffic, now);
+        } else if self.keepalive == 0 && now.duration_since(self.quiet.1) >= DORMANT_AFTER {
+            self.dormant = true;
+            return;
+        }
+        if self.dormant {
+            self.wake();
+        }
         let mark = outbox.mark();
         let Some(tunn) = self.tunn.as_mut() else {
             return;
@@ -361,21 +399,41 @@ impl Tunnel {
             flush_queue(tunn, data, ends, scratch);
         }
         // Without an endpoint there is nowhere to send a keepalive (nor a handshake).
-        if self.keepalive > 0 && self.endpoint.is_some() {
-            if self.traffic != self.quiet.0 {
-                self.quiet = (self.traffic, now);
-            } else if now.duration_since(self.quiet.1) >= Duration::from_secs(self.keepalive.into())
-            {
-                keepalive(tunn, data, ends, scratch);
-                self.quiet = (self.traffic + 1, now);
-            }
+        if self.keepalive > 0
+            && self.endpoint.is_some()
+            && !active
+            && now.duration_since(self.quiet.1) >= Duration::from_secs(self.keepalive.into())
+        {
+            keepalive(tunn, data, ends, scratch);
+            self.quiet = (self.traffic + 1, now);
         }
         self.account_sent(outbox, mark);
+    }
+
+    /// True while ticks skip this tunnel (see [`Tunnel::tick`]).
+    pub fn is_dormant(&self) -> bool {
+        self.dormant
+    }
+
+    /// A packet for a dormant tunnel: boringtun's clock (which only its timers advance)
+    /// catches up first, so the packet is judged at the right time (its sessions, long
+    /// expired, are cleared) and the timers it starts run from now.
+    fn wake(&mut self) {
+        self.dormant = false;
+        if let Some(tunn) = self.tunn.as_mut() {
+            // Nothing can be due after ten quiet minutes (every handshake attempt gave
+            // up after 90 s): whatever it says is dropped.
+            let mut scratch = [0u8; INIT_LEN + DATA_OVERHEAD];
+            let _ = tunn.update_timers(&mut scratch);
+        }
     }
 
     /// Sends a keepalive now (starting a handshake if there is no session), as wg does
     /// when a persistent keepalive is switched on. Nothing without an endpoint.
     pub fn keepalive_now(&mut self, outbox: &mut Outbox) {
+        if self.dormant {
+            self.wake();
+        }
         let mark = outbox.mark();
         if self.endpoint.is_none() {
             return;
