@@ -8,6 +8,7 @@
 //! - [`dataplane`]: adapters applying node state (the pod bridge, later routes and nftables);
 //! - [`netlink`]: adapters over rtnetlink and network namespaces, used by the plugin and the agent;
 //! - [`sysctl`]: the few kernel knobs a node needs;
+//! - [`kernel_writes`]: counts of the changes made to the kernel, for `/metrics`;
 //! - [`wireguard`]: the userspace WireGuard data plane (agent-embedded and `wgmesh-wg`).
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod cni;
 pub mod dataplane;
 pub mod fsutil;
 pub mod k8s;
+pub mod kernel_writes;
 pub mod key;
 pub mod mesh;
 pub mod model;

@@ -33,6 +33,7 @@ pub fn write(key: &str, value: &str) -> Result<(), Error> {
     if read(key).is_ok_and(|v| v == value) {
         return Ok(());
     }
+    crate::kernel_writes::record(crate::kernel_writes::Kind::Sysctl, 1);
     std::fs::write(path(key), value).map_err(|source| Error {
         key: key.to_string(),
         source,

@@ -671,3 +671,103 @@ async fn a_node_without_spec_pod_cidrs_claiming_the_whole_range_is_refused_alone
         "{routes}"
     );
 }
+
+/// A sample of the agent's `/metrics` (found through the address it logs), 0 if absent.
+fn agent_metric(agent: &Agent, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let port = wgmesh_testkit::wait_until(WAIT, "the agent's metrics address", || {
+        // The log may be coloured: read the digits after the address.
+        let log = agent.log();
+        let line = log.lines().rfind(|l| l.contains("serving /metrics"))?;
+        let port: String = line
+            .rsplit_once("127.0.0.1:")?
+            .1
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        port.parse::<u16>().ok()
+    });
+    let addr = ("127.0.0.1", port);
+    let mut conn = std::net::TcpStream::connect(addr).expect("the agent's metrics port");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("response");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_updates_that_change_nothing_wgmesh_reads_do_not_wake_the_agent() {
+    let server = TestApiServer::start(&["--no-fsync"]);
+    let nodes: Api<Node> = Api::all(server.client().await);
+    create_nodes(&nodes, 3).await;
+    let agent = Agent::start(&server, "n1", &[]);
+    for n in ["n2", "n3"] {
+        let ad = json!({"metadata": {"annotations": {
+            "wgmesh.io/public-key": PrivateKey::generate().unwrap().public_key().to_base64(),
+            "wgmesh.io/endpoint": format!("192.0.2.{}:51820", &n[1..]),
+        }}});
+        nodes
+            .patch(n, &PatchParams::default(), &Patch::Merge(ad))
+            .await
+            .expect("advertise");
+    }
+    agent.wait_for_peers(&["n2", "n3"], WAIT);
+    // /metrics is computed at most once a second.
+    let settled = || tokio::time::sleep(Duration::from_millis(1100));
+    settled().await;
+    let passes = "wgmesh_reconciles_total";
+    let ignored = "wgmesh_node_updates_total{relevant=\"false\"}";
+    let (passes0, ignored0) = (agent_metric(&agent, passes), agent_metric(&agent, ignored));
+
+    // Kubelet heartbeats and other controllers' labels, on every node (this one too).
+    const UPDATES: usize = 40;
+    for i in 0..UPDATES {
+        let name = format!("n{}", 1 + i % 3);
+        if i % 2 == 0 {
+            let heartbeat = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                "reason": "KubeletReady", "lastHeartbeatTime": format!("2025-01-01T00:00:{:02}Z", i % 60)}]}});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(heartbeat))
+                .await
+                .expect("heartbeat");
+        } else {
+            let label = json!({"metadata": {"labels": {"example.com/generation": i.to_string()}}});
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(label))
+                .await
+                .expect("label");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(WAIT, "every update seen by the watch", || async {
+        settled().await;
+        (agent_metric(&agent, ignored) >= ignored0 + UPDATES as f64).then_some(())
+    })
+    .await;
+    let woke = agent_metric(&agent, passes) - passes0;
+    // The periodic resync (every 5 s here) may fall in the window; the updates may not.
+    assert!(
+        woke <= 1.0,
+        "{woke} reconcile passes for {UPDATES} updates that change nothing wgmesh reads"
+    );
+
+    // A change of what wgmesh reads wakes it at once.
+    let keepalive = json!({"metadata": {"annotations": {"wgmesh.io/persistent-keepalive": "25"}}});
+    nodes
+        .patch("n2", &PatchParams::default(), &Patch::Merge(keepalive))
+        .await
+        .expect("keepalive");
+    eventually(WAIT, "n2's keepalive in the mesh", || async {
+        let mesh = agent.mesh()?;
+        (mesh["peers"]["n2"]["persistent_keepalive"] == json!(25)).then_some(())
+    })
+    .await;
+    assert!(
+        agent_metric(&agent, "wgmesh_node_updates_total{relevant=\"true\"}") >= 1.0,
+        "counted as relevant"
+    );
+}

@@ -1,6 +1,7 @@
 //! The node agent: identity, the Node watch and the level-triggered reconcile loop.
 //!
-//! Any Node change (or the periodic resync) wakes the loop; bursts coalesce into one
+//! A Node change that touches what wgmesh reads (or the periodic resync) wakes the loop,
+//! other Node updates do not (see [`crate::k8s::relevant`]); bursts coalesce into one
 //! pass; a pass recomputes the whole desired state from the watch's store, publishes
 //! this node's advertisement if it differs, reports other nodes' problems as Events,
 //! writes the CNI config if it changed, and hands the plan to the data plane. A failed
@@ -70,9 +71,14 @@ struct Watches {
 }
 
 impl Watches {
-    fn start(client: kube::Client, changed: &Arc<Notify>) -> Self {
+    fn start(
+        client: kube::Client,
+        changed: &Arc<Notify>,
+        local: &str,
+        counts: crate::k8s::watch::UpdateCounts,
+    ) -> Self {
         Watches {
-            nodes: NodeWatch::start(client.clone(), changed.clone()),
+            nodes: NodeWatch::start(client.clone(), changed.clone(), local, counts),
             peers: crate::k8s::peers::PeerWatch::start(client, changed.clone()),
         }
     }
@@ -162,7 +168,12 @@ where
     let wakers = crate::dataplane::monitor::Wakers::default();
     let changed = wakers.changed.clone();
     let address_removed = wakers.address_removed.clone();
-    let mut watches = Watches::start(client.clone(), &changed);
+    let mut watches = Watches::start(
+        client.clone(),
+        &changed,
+        &cfg.node_name,
+        telemetry.node_updates(),
+    );
     // Deleted routes, links or addresses wake the loop at once, not at the next resync.
     let monitor = crate::dataplane::monitor::spawn(wakers).map_err(Error::Monitor)?;
     let mut reconciler = Reconciler::new(cfg.clone(), client, public_key)?;
@@ -181,7 +192,12 @@ where
                 match k8s::client(cfg.kubeconfig.as_deref()).await {
                     Ok(client) => {
                         tracing::info!("a local address was removed; reconnecting to the API server");
-                        watches = Watches::start(client.clone(), &changed);
+                        watches = Watches::start(
+                            client.clone(),
+                            &changed,
+                            &cfg.node_name,
+                            telemetry.node_updates(),
+                        );
                         reconciler.set_client(client);
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot reconnect to the API server"),

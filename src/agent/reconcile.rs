@@ -16,7 +16,7 @@ use crate::dataplane::DataPlane;
 use crate::fsutil::write_if_changed;
 use crate::k8s::events::{EventType, Findings, Reporter};
 use crate::k8s::translate::NetworkCondition;
-use crate::k8s::{publish, translate};
+use crate::k8s::{publish, relevant, translate};
 use crate::key::PublicKey;
 use crate::mesh::{self, MeshPlan, ParsedNode};
 use crate::netlink::Netlink;
@@ -27,8 +27,10 @@ pub struct Reconciler {
     public_key: PublicKey,
     nodes: Api<Node>,
     reporter: Reporter,
-    /// Parsed nodes by name, reused while the resourceVersion is unchanged.
-    parsed: HashMap<String, (Option<String>, ParsedNode)>,
+    /// Parsed nodes by name, with the (stripped) Node each was parsed from: reused while
+    /// nothing wgmesh reads changed, whatever else did (the resourceVersion changes
+    /// with every heartbeat).
+    parsed: HashMap<String, (Arc<Node>, ParsedNode)>,
     last_plan: Option<MeshPlan>,
     /// The NetworkUnavailable condition last published.
     condition: Option<NetworkCondition>,
@@ -293,19 +295,19 @@ impl Reconciler {
         self.last_plan.as_ref()
     }
 
-    /// Re-parses only nodes whose resourceVersion changed; forgets deleted nodes.
+    /// Re-parses only nodes that changed in what wgmesh reads; forgets deleted nodes.
     fn refresh_parsed(&mut self, nodes: &[Arc<Node>]) {
         let mut fresh = HashMap::with_capacity(nodes.len());
         for node in nodes {
             let Some(name) = node.metadata.name.clone() else {
                 continue;
             };
-            let rv = node.metadata.resource_version.clone();
             let parsed = match self.parsed.remove(&name) {
-                Some((old_rv, p)) if old_rv.is_some() && old_rv == rv => p,
+                // The same stored object, or one equal in everything wgmesh reads.
+                Some((old, p)) if Arc::ptr_eq(&old, node) || relevant::same(&old, node) => p,
                 _ => mesh::parse(&translate::node_view(node), &self.cfg.mesh),
             };
-            fresh.insert(name, (rv, parsed));
+            fresh.insert(name, (Arc::clone(node), parsed));
         }
         self.parsed = fresh;
     }

@@ -354,6 +354,7 @@ pub fn ensure(plan: &FirewallPlan) -> Result<bool, Error> {
     if installed_fingerprint()?.as_deref() == Some(fingerprint(plan).as_str()) {
         return Ok(false);
     }
+    crate::kernel_writes::record(crate::kernel_writes::Kind::Nftables, 1);
     nftables::helper::apply_ruleset(&transaction(plan))
         .map_err(nft_err("apply table inet wgmesh"))?;
     Ok(true)
@@ -376,6 +377,7 @@ pub fn remove() -> Result<(), Error> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table()));
     batch.delete(NfListObject::Table(table()));
+    crate::kernel_writes::record(crate::kernel_writes::Kind::Nftables, 1);
     nftables::helper::apply_ruleset(&batch.to_nftables())
         .map_err(nft_err("delete table inet wgmesh"))
 }

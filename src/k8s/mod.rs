@@ -5,6 +5,7 @@
 pub mod events;
 pub mod peers;
 pub mod publish;
+pub mod relevant;
 pub mod translate;
 pub mod watch;
 

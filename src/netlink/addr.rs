@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 
 use super::{Netlink, Result, errno, nl_err};
+use crate::kernel_writes as writes;
 
 impl Netlink {
     /// The addresses configured on a link (IPv4 and IPv6, link-local included).
@@ -27,6 +28,7 @@ impl Netlink {
     /// address detection: wgmesh owns the subnet, so no one else can hold the address,
     /// and DAD would leave the address unusable for a second or more.
     pub async fn ensure_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        writes::record(writes::Kind::Address, 1);
         let mut req = self
             .handle()
             .address()
@@ -78,6 +80,7 @@ impl Netlink {
         else {
             return Ok(false);
         };
+        writes::record(writes::Kind::Address, 1);
         match self.handle().address().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(false),

@@ -9,6 +9,7 @@ use netlink_packet_route::link::{
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::{Error, NetNs, Netlink, Result, errno, nl_err};
+use crate::kernel_writes as writes;
 
 /// What wgmesh needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +138,7 @@ impl Netlink {
                     .mtu(spec.mtu)
                     .up()
                     .build();
+                writes::record(writes::Kind::Link, 1);
                 match self.handle().link().add(msg).execute().await {
                     Ok(()) => {}
                     Err(e) if errno(&e) == Some(EEXIST) => {}
@@ -163,6 +165,7 @@ impl Netlink {
                 .mtu(spec.mtu)
                 .up()
                 .build();
+            writes::record(writes::Kind::Link, 1);
             self.handle()
                 .link()
                 .set(msg)
@@ -185,6 +188,7 @@ impl Netlink {
     /// MTU, still down (the kernel refuses IFF_UP for a peer created in another
     /// namespace with ENOTCONN). Fails with EEXIST if either name is taken.
     pub async fn add_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
+        writes::record(writes::Kind::Link, 1);
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.peer_name)
             .mtu(spec.mtu)
@@ -210,6 +214,7 @@ impl Netlink {
 
     /// Hairpin mode on a bridge port, so a pod can reach itself through a service IP.
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
+        writes::record(writes::Kind::Link, 1);
         let msg = LinkBridgePort::new(index).hairpin(on).build();
         self.handle()
             .link()
@@ -221,6 +226,7 @@ impl Netlink {
 
     /// Sets a link's MTU and brings it up.
     pub async fn set_up_with_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        writes::record(writes::Kind::Link, 1);
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
         self.handle()
             .link()
@@ -232,6 +238,7 @@ impl Netlink {
 
     /// Brings a link up.
     pub async fn set_up(&self, index: u32) -> Result<()> {
+        writes::record(writes::Kind::Link, 1);
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.handle()
             .link()
@@ -244,6 +251,7 @@ impl Netlink {
     /// Takes a link down and off its bridge in one request: it stops carrying traffic
     /// at once, long before a (slow) deletion completes.
     pub async fn detach_and_down(&self, index: u32) -> Result<()> {
+        writes::record(writes::Kind::Link, 1);
         let msg = LinkUnspec::new_with_index(index)
             .nocontroller()
             .down()
@@ -257,6 +265,7 @@ impl Netlink {
 
     /// Deletes a link; `Ok(false)` when it was already gone.
     pub async fn delete_link(&self, index: u32) -> Result<bool> {
+        writes::record(writes::Kind::Link, 1);
         match self.handle().link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(ENODEV) => Ok(false),

@@ -10,6 +10,7 @@ use netlink_packet_route::route::{
 };
 
 use super::{Netlink, Result, errno, nl_err};
+use crate::kernel_writes as writes;
 
 /// The route types wgmesh creates and reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,6 +171,7 @@ impl Netlink {
 
     /// Adds a route unless an identical one exists (EEXIST is success).
     pub async fn ensure_route(&self, route: &Route) -> Result<()> {
+        writes::record(writes::Kind::Route, 1);
         match self
             .handle()
             .route()
@@ -185,6 +187,7 @@ impl Netlink {
 
     /// Adds or replaces the route to `route.dst` (same destination, table and metric).
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        writes::record(writes::Kind::Route, 1);
         self.handle()
             .route()
             .add(route.to_message())
@@ -196,6 +199,7 @@ impl Netlink {
 
     /// Deletes a route; `Ok(false)` when it was not there.
     pub async fn delete_route(&self, route: &Route) -> Result<bool> {
+        writes::record(writes::Kind::Route, 1);
         match self
             .handle()
             .route()

@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{Observed, read};
+use crate::k8s::watch::UpdateCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabel {
@@ -29,13 +30,24 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ThreadLabel {
     thread: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelevantLabel {
+    relevant: &'static str,
 }
 
 #[derive(Debug)]
 pub(super) struct MeshCollector {
     observed: Arc<RwLock<Observed>>,
+    node_updates: UpdateCounts,
 }
 
 impl std::fmt::Debug for Observed {
@@ -45,8 +57,11 @@ impl std::fmt::Debug for Observed {
 }
 
 impl MeshCollector {
-    pub(super) fn new(observed: Arc<RwLock<Observed>>) -> Self {
-        MeshCollector { observed }
+    pub(super) fn new(observed: Arc<RwLock<Observed>>, node_updates: UpdateCounts) -> Self {
+        MeshCollector {
+            observed,
+            node_updates,
+        }
     }
 }
 
@@ -80,6 +95,34 @@ impl Collector for MeshCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(peers.len() as i64).encode(metric)?;
+        family(
+            &mut encoder,
+            "kernel_writes",
+            "Changes requested of the kernel (routes, links, addresses, nftables, sysctls) and of the WireGuard device (peers), by kind",
+            MetricType::Counter,
+            crate::kernel_writes::Kind::ALL.iter().map(|k| {
+                (
+                    KindLabel { kind: k.as_str() },
+                    ConstCounter::new(crate::kernel_writes::count(*k)),
+                )
+            }),
+        )?;
+        let updates = [
+            ("true", &self.node_updates.relevant),
+            ("false", &self.node_updates.ignored),
+        ];
+        family(
+            &mut encoder,
+            "node_updates",
+            "Node updates seen by the watch, by whether they changed anything wgmesh reads (only those wake the reconcile loop)",
+            MetricType::Counter,
+            updates.map(|(relevant, n)| {
+                (
+                    RelevantLabel { relevant },
+                    ConstCounter::new(n.load(std::sync::atomic::Ordering::Relaxed)),
+                )
+            }),
+        )?;
         let Some(device) = observed.device.as_ref() else {
             return Ok(());
         };

@@ -69,6 +69,8 @@ pub struct Telemetry {
     readiness_cache: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     /// The last /metrics text and when it was encoded, for the same reason.
     metrics_cache: std::sync::Mutex<Option<(Instant, Arc<str>)>>,
+    /// Counted by the Node watch, exported at scrape time.
+    node_updates: crate::k8s::watch::UpdateCounts,
 }
 
 /// How long a readiness verdict or a metrics text is served before being recomputed.
@@ -106,7 +108,11 @@ impl Telemetry {
             )]),
         );
         let observed = Arc::new(RwLock::new(Observed::default()));
-        registry.register_collector(Box::new(collector::MeshCollector::new(observed.clone())));
+        let node_updates = crate::k8s::watch::UpdateCounts::default();
+        registry.register_collector(Box::new(collector::MeshCollector::new(
+            observed.clone(),
+            node_updates.clone(),
+        )));
         Arc::new(Telemetry {
             registry,
             reconciles,
@@ -123,7 +129,13 @@ impl Telemetry {
             blocked: RwLock::new(None),
             readiness_cache: tokio::sync::Mutex::new(None),
             metrics_cache: std::sync::Mutex::new(None),
+            node_updates,
         })
+    }
+
+    /// The counters the Node watch fills (`wgmesh_node_updates_total`).
+    pub fn node_updates(&self) -> crate::k8s::watch::UpdateCounts {
+        self.node_updates.clone()
     }
 
     /// The loop turned (whatever the outcome).
@@ -308,6 +320,30 @@ mod tests {
             text.contains("# TYPE wgmesh_reconcile_duration_seconds histogram"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn kernel_writes_are_exported_by_kind() {
+        use crate::kernel_writes::{Kind, record};
+        let t = Telemetry::new(
+            Readiness::ControlPlaneOnly,
+            "/nonexistent".into(),
+            Duration::from_secs(30),
+        );
+        // Counters are process-wide (other tests may write too): at least what we added.
+        record(Kind::WireguardPeer, 7);
+        let text = t.encode();
+        let value = |kind: &str| -> u64 {
+            let prefix = format!("wgmesh_kernel_writes_total{{kind=\"{kind}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+        };
+        assert!(value("wireguard_peer") >= 7);
+        for kind in ["route", "link", "address", "nftables", "sysctl"] {
+            value(kind);
+        }
     }
 
     #[test]

@@ -290,6 +290,10 @@ impl Device {
     /// Applies a whole transaction atomically (what a UAPI `set=1` does): all of it, or on
     /// error nothing.
     pub fn apply(&self, update: &ConfigUpdate) -> Result<(), DeviceError> {
+        crate::kernel_writes::record(
+            crate::kernel_writes::Kind::WireguardPeer,
+            update.peers.len() as u64,
+        );
         self.inner.apply(update).map(|_| ())
     }
 
