@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use wgmesh_testkit::unique_name;
 
 pub use crate::capture::{Capture, Packet};
-pub use crate::exec::Exec;
+pub use crate::exec::{Exec, in_netns_thread};
 pub use crate::node::Node;
 pub use crate::pod::{CniRefusal, Pod};
 pub use crate::underlay::{Internet, Router};
