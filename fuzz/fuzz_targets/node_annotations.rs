@@ -216,18 +216,23 @@ fn parse_node(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
 
     // What this node would publish, were it the local node, reads back the same.
     if let Ok(adv) = mesh::advertise(view, &LOCAL_KEY, cfg) {
+        // The agent's merge patch: its annotations set or removed, the others kept.
+        let mut annotations = view.annotations.clone();
+        for (k, v) in adv.annotations() {
+            match v {
+                Some(v) => annotations.insert(k.to_string(), v),
+                None => annotations.remove(k),
+            };
+        }
         let published = NodeView {
-            annotations: adv
-                .annotations()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            annotations,
             ..view.clone()
         };
         assert!(adv.is_published_on(&published));
         let back = mesh::parse(&published, cfg);
         assert_eq!(back.public_key, Some(adv.public_key));
-        assert_eq!(back.endpoint.as_ref(), Some(&adv.endpoint));
+        assert_eq!(back.endpoint, adv.endpoint);
+        assert_eq!(back.public_endpoint, adv.public_endpoint);
         assert_eq!(back.pod_subnets, Some(adv.pod_subnets));
         assert!(
             back.problems

@@ -154,12 +154,35 @@ impl NodeDataPlane {
     async fn sync_peers(&mut self, plan: &MeshPlan) -> Result<(), Error> {
         let mut desired = BTreeMap::new();
         // Nodes and external peers alike.
+        let device = self
+            .device
+            .as_ref()
+            .ok_or_else(|| other("no WireGuard device"))?;
+        let status = device.status().peers;
+        let working: std::collections::BTreeSet<PublicKey> = status
+            .iter()
+            .filter(|p| {
+                p.stats.last_handshake.is_some_and(|t| {
+                    t.elapsed()
+                        .is_ok_and(|age| age < crate::wireguard::SESSION_LIFETIME)
+                })
+            })
+            .map(|p| p.config.public_key)
+            .collect();
         for peer in plan.peers.values().chain(plan.external.values()) {
-            let endpoint = peer.endpoint.as_ref().and_then(|e| match &e.host {
-                Host::Ip(ip) => Some(SocketAddr::new(*ip, e.port)),
-                // `None` until resolved: the peer keeps its current endpoint.
-                Host::Dns(name) => self.resolver.get(name, e.port),
-            });
+            // An endpoint learnt from packets (any Node writer can publish one) never
+            // replaces the endpoint of a working session.
+            let keep_current =
+                peer.endpoint_source.is_discovered() && working.contains(&peer.public_key);
+            let endpoint = peer
+                .endpoint
+                .as_ref()
+                .filter(|_| !keep_current)
+                .and_then(|e| match &e.host {
+                    Host::Ip(ip) => Some(SocketAddr::new(*ip, e.port)),
+                    // `None` until resolved: the peer keeps its current endpoint.
+                    Host::Dns(name) => self.resolver.get(name, e.port),
+                });
             desired.insert(
                 peer.public_key,
                 PeerConfig {
@@ -171,11 +194,7 @@ impl NodeDataPlane {
                 },
             );
         }
-        let device = self
-            .device
-            .as_ref()
-            .ok_or_else(|| other("no WireGuard device"))?;
-        let update = peers::updates(&desired, &device.status().peers, &self.last_endpoints);
+        let update = peers::updates(&desired, &status, &self.last_endpoints);
         if !update.peers.is_empty() {
             device
                 .apply(&update)
@@ -260,6 +279,47 @@ impl DataPlane for NodeDataPlane {
 
     fn changed(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.resolver.changed())
+    }
+
+    fn peer_paths(&self) -> BTreeMap<PublicKey, super::PeerPath> {
+        let Some(device) = &self.device else {
+            return BTreeMap::new();
+        };
+        device
+            .status()
+            .peers
+            .into_iter()
+            .map(|p| {
+                (
+                    p.config.public_key,
+                    super::PeerPath {
+                        endpoint: p.stats.endpoint,
+                        last_handshake: p.stats.last_handshake,
+                        rx_bytes: p.stats.rx_bytes,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn probe(&self, peers: &[PublicKey]) -> Result<(), Error> {
+        let Some(device) = &self.device else {
+            return Ok(());
+        };
+        let peers = peers
+            .iter()
+            .map(|k| PeerUpdate {
+                update_only: true,
+                handshake_now: true,
+                ..PeerUpdate::new(*k)
+            })
+            .collect();
+        device
+            .apply(&ConfigUpdate {
+                peers,
+                ..ConfigUpdate::default()
+            })
+            .map_err(|e| other(format!("probing direct paths: {e}")))
     }
 }
 

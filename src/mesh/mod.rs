@@ -9,6 +9,7 @@
 pub mod advertise;
 pub mod conflicts;
 pub mod node;
+pub mod paths;
 pub mod peer;
 pub mod plan;
 pub mod problem;
@@ -19,8 +20,11 @@ use ipnet::IpNet;
 
 pub use advertise::{Advertisement, advertise};
 pub use node::{ParsedNode, parse};
+pub use paths::{EndpointSource, Observations};
 pub use peer::{ParsedPeer, PeerView, parse_peer};
-pub use plan::{FirewallPlan, LocalPlan, MeshPlan, PeerIngressPlan, PeerPlan, RoutePlan, plan};
+pub use plan::{
+    FirewallPlan, LocalPlan, MeshPlan, PeerIngressPlan, PeerPlan, RoutePlan, plan, plan_with,
+};
 pub use problem::{Problem, Warning};
 
 use crate::cni::{NetworkConfig, PodSubnets};

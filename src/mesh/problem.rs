@@ -249,6 +249,8 @@ pub enum Warning {
     PodCidrsFromAnnotation,
     /// Unusable `wgmesh.io/persistent-keepalive`; the agent's default applies.
     InvalidPersistentKeepalive { value: String },
+    /// An annotation that only guides path choice is malformed or too big: ignored.
+    InvalidAnnotation { key: &'static str, error: String },
 }
 
 impl Warning {
@@ -257,6 +259,7 @@ impl Warning {
             Warning::PodCidrAnnotationDisagrees { .. } => "PodCIDRAnnotationIgnored",
             Warning::PodCidrsFromAnnotation => "PodCIDRsFromAnnotation",
             Warning::InvalidPersistentKeepalive { .. } => "InvalidPersistentKeepalive",
+            Warning::InvalidAnnotation { .. } => "InvalidAnnotation",
         }
     }
 }
@@ -278,6 +281,9 @@ impl fmt::Display for Warning {
                 f,
                 "annotation wgmesh.io/persistent-keepalive={value:?} is not 0-65535 seconds; using the default"
             ),
+            Warning::InvalidAnnotation { key, error } => {
+                write!(f, "annotation {key} ignored: {error}")
+            }
         }
     }
 }

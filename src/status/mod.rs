@@ -38,6 +38,9 @@ pub struct NodeRow {
     pub endpoint: Option<String>,
     pub pod_cidrs: Vec<String>,
     pub public_key: Option<String>,
+    /// How the local node reaches it: where the endpoint came from (private, public,
+    /// forced, observed, discovered), or `via <relay>`.
+    pub path: Option<String>,
     /// Seconds since the local device's last handshake with this node.
     pub latest_handshake_seconds: Option<u64>,
     pub rx_bytes: Option<u64>,
@@ -91,10 +94,20 @@ impl Snapshot {
                 _ => {}
             }
         }
+        let planned = self.plan.peers.get(&n.name);
+        let endpoint = planned
+            .and_then(|p| p.endpoint.as_ref())
+            .or(n.endpoint.as_ref())
+            .map(ToString::to_string);
+        let path = planned.map(|p| match &p.via {
+            Some(relay) => format!("via {relay}"),
+            None => p.endpoint_source.as_str().to_string(),
+        });
         NodeRow {
             name: n.name.clone(),
             local,
-            endpoint: n.endpoint.as_ref().map(ToString::to_string),
+            endpoint,
+            path,
             pod_cidrs: n
                 .pod_subnets
                 .map(|s| s.nets().map(|c| c.to_string()).collect())
@@ -112,6 +125,7 @@ impl Snapshot {
         let header = [
             "NAME",
             "ENDPOINT",
+            "PATH",
             "POD CIDRS",
             "PUBLIC KEY",
             "HANDSHAKE",
@@ -119,7 +133,7 @@ impl Snapshot {
             "TX",
             "PROBLEMS",
         ];
-        let rows: Vec<[String; 8]> = self
+        let rows: Vec<[String; 9]> = self
             .rows()
             .into_iter()
             .map(|r| {
@@ -130,6 +144,7 @@ impl Snapshot {
                         r.name
                     },
                     r.endpoint.unwrap_or_else(|| "-".into()),
+                    r.path.unwrap_or_else(|| "-".into()),
                     if r.pod_cidrs.is_empty() {
                         "-".into()
                     } else {

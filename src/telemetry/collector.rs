@@ -21,6 +21,10 @@ struct NodeLabel {
 struct EndpointLabels {
     node: String,
     endpoint: String,
+    /// Where the planned endpoint came from: private, public, forced, observed,
+    /// discovered; or `relay` when the peer's traffic goes through `via`.
+    source: &'static str,
+    via: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,13 +131,20 @@ impl Collector for MeshCollector {
         family(
             &mut encoder,
             "peer_endpoint_info",
-            "The peer's current endpoint (configured or roamed)",
+            "The peer's current endpoint (configured or roamed), where it came from, and the relay its traffic goes through",
             MetricType::Gauge,
             stats.iter().filter_map(|(l, s)| {
+                let plan = peers.get(&l.node)?;
                 Some((
                     EndpointLabels {
                         node: l.node.clone(),
                         endpoint: s.endpoint?.to_string(),
+                        source: if plan.via.is_some() {
+                            "relay"
+                        } else {
+                            plan.endpoint_source.as_str()
+                        },
+                        via: plan.via.clone().unwrap_or_default(),
                     },
                     ConstGauge::new(1i64),
                 ))
