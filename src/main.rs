@@ -10,7 +10,7 @@ use wgmesh::agent::{self, AgentConfig};
 use wgmesh::dataplane::ControlPlaneOnly;
 use wgmesh::dataplane::node::{NodeDataPlane, NodeDataPlaneConfig};
 use wgmesh::mesh::MeshConfig;
-use wgmesh::model::AddressType;
+use wgmesh::model::{AddressType, EndpointFamily};
 use wgmesh::telemetry::{Readiness, Telemetry};
 
 /// Kubernetes pod network over an encrypted WireGuard full mesh.
@@ -152,12 +152,22 @@ struct AgentArgs {
     /// Which node address peers use.
     #[arg(long, default_value = "InternalIP")]
     endpoint_address_type: AddressType,
+    /// Which family of the nodes' addresses carries the tunnel: `auto` publishes one
+    /// address of each family the node has, and a pair uses the family both nodes
+    /// have, IPv6 when both have both.
+    #[arg(long, default_value = "auto")]
+    endpoint_family: EndpointFamily,
+    /// Masquerade pods' IPv6 traffic leaving the cluster to the node's address (pod
+    /// ULA ranges are not routable); `false` for global IPv6 pod ranges.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade_ipv6: bool,
     /// Persistent keepalive for every peer, seconds (0 = off); a node's
     /// wgmesh.io/persistent-keepalive annotation overrides it for that node.
     #[arg(long, default_value_t = 0)]
     persistent_keepalive: u16,
     /// MTU of wgmesh0, the bridge and pod interfaces; default: the MTU of the
-    /// interface holding the node's endpoint address minus 80.
+    /// interfaces holding the node's endpoint addresses minus the tunnel's overhead
+    /// (80 over IPv6, 60 over IPv4; the larger when both are in use).
     #[arg(long)]
     mtu: Option<u32>,
     /// `wireguard`: the real data plane (WireGuard device, routes, nftables).
@@ -314,6 +324,8 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             interface: a.interface,
             listen_port: a.listen_port,
             address_type: a.endpoint_address_type,
+            endpoint_family: a.endpoint_family,
+            masquerade_ipv6: a.masquerade_ipv6,
             mtu: a.mtu.unwrap_or(wgmesh::cni::config::DEFAULT_MTU),
             ..MeshConfig::default()
         },

@@ -22,6 +22,9 @@ pub mod annotation {
     /// User-set: a new value asks the node's agent to rotate its key
     /// (`wgmesh rotate-key` sets it to the current time).
     pub const ROTATE_KEY: &str = "wgmesh.io/rotate-key";
+    /// Agent-written when the node has endpoints of both families: all of them,
+    /// comma-separated (`wgmesh.io/endpoint` holds the first, for older agents).
+    pub const ENDPOINTS: &str = "wgmesh.io/endpoints";
     /// Agent-written: where nodes in other locations reach this one (its ExternalIP and
     /// the listen port), when it has a public address.
     pub const PUBLIC_ENDPOINT: &str = "wgmesh.io/public-endpoint";
@@ -102,6 +105,40 @@ impl FromStr for AddressType {
             "InternalIP" => Ok(AddressType::InternalIP),
             "ExternalIP" => Ok(AddressType::ExternalIP),
             other => Err(format!("{other:?} is not InternalIP or ExternalIP")),
+        }
+    }
+}
+
+/// Which address family of the nodes' addresses carries the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EndpointFamily {
+    /// Every family the node has; a pair uses the one both nodes have, IPv6 when both
+    /// have both.
+    #[default]
+    Auto,
+    Ipv4,
+    Ipv6,
+}
+
+impl EndpointFamily {
+    /// Whether an endpoint address of this family may be used.
+    pub fn allows(self, ip: &IpAddr) -> bool {
+        match self {
+            EndpointFamily::Auto => true,
+            EndpointFamily::Ipv4 => ip.is_ipv4(),
+            EndpointFamily::Ipv6 => ip.is_ipv6(),
+        }
+    }
+}
+
+impl FromStr for EndpointFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EndpointFamily::Auto),
+            "ipv4" => Ok(EndpointFamily::Ipv4),
+            "ipv6" => Ok(EndpointFamily::Ipv6),
+            other => Err(format!("{other:?} is not ipv4, ipv6 or auto")),
         }
     }
 }

@@ -885,6 +885,7 @@ fn the_admission_policy_confines_the_agent_to_its_own_node() {
         BTreeSet::from([
             annotation::PUBLIC_KEY,
             annotation::ENDPOINT,
+            annotation::ENDPOINTS,
             annotation::POD_CIDRS,
             annotation::PUBLIC_ENDPOINT,
             annotation::DISCOVERED_ENDPOINTS,

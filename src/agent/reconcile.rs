@@ -283,26 +283,31 @@ impl Reconciler {
         self.blocked.as_deref()
     }
 
-    /// The mesh MTU from the underlay: the interface holding the node's endpoint address,
-    /// minus WireGuard's worst-case overhead (IPv6 40 + UDP 8 + WireGuard 32 = 80).
+    /// The mesh MTU from the underlay: the interfaces holding the node's endpoint
+    /// addresses, each minus its family's tunnel overhead (`mesh::mtu_from_underlay`).
     async fn detect_mtu(&mut self, ad: &mesh::Advertisement) -> Result<(), Error> {
-        const OVERHEAD: u32 = 80;
         if !self.cfg.mtu_from_underlay {
             return Ok(());
         }
-        let Some(crate::model::Endpoint {
-            host: crate::model::Host::Ip(ip),
-            ..
-        }) = ad.endpoint
-        else {
-            return Ok(());
-        };
-        if let Some(link) = self.nl.link_with_address(ip).await? {
-            let mtu = link.mtu.saturating_sub(OVERHEAD).max(1280);
-            if mtu != self.cfg.mesh.mtu {
-                tracing::info!(underlay = %link.name, underlay_mtu = link.mtu, mtu, "mesh MTU from the underlay");
-                self.cfg.mesh.mtu = mtu;
+        let mut links = Vec::new();
+        for e in &ad.endpoints {
+            let crate::model::Host::Ip(ip) = e.host else {
+                continue;
+            };
+            if let Some(link) = self.nl.link_with_address(ip).await? {
+                links.push((ip.is_ipv6(), link.mtu, link.name));
             }
+        }
+        let sizes: Vec<(bool, u32)> = links.iter().map(|(v6, m, _)| (*v6, *m)).collect();
+        if let Some(mtu) = mesh::mtu_from_underlay(&sizes)
+            && mtu != self.cfg.mesh.mtu
+        {
+            let underlay: Vec<String> = links
+                .iter()
+                .map(|(v6, m, name)| format!("{name} {m} ({})", if *v6 { "IPv6" } else { "IPv4" }))
+                .collect();
+            tracing::info!(underlay = ?underlay, mtu, "mesh MTU from the underlay");
+            self.cfg.mesh.mtu = mtu;
         }
         Ok(())
     }

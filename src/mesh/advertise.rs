@@ -8,7 +8,7 @@ use super::paths;
 use super::problem::Problem;
 use crate::cni::PodSubnets;
 use crate::key::PublicKey;
-use crate::model::{AddressType, Endpoint, Host, NodeView, annotation};
+use crate::model::{AddressType, Endpoint, EndpointFamily, Host, NodeView, annotation};
 
 /// The annotations of a node's advertisement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Advertisement {
     /// Its own address (InternalIP by default); `None` when it has none and an
     /// administrator's `wgmesh.io/force-endpoint` stands in.
     pub endpoint: Option<Endpoint>,
+    /// All its own endpoints, one per family (`wgmesh.io/endpoints` when more than one).
+    pub endpoints: Vec<Endpoint>,
     pub pod_subnets: PodSubnets,
     /// Its ExternalIP, for nodes in other locations.
     pub public_endpoint: Option<Endpoint>,
@@ -34,6 +36,16 @@ impl Advertisement {
             (
                 annotation::ENDPOINT,
                 self.endpoint.as_ref().map(ToString::to_string),
+            ),
+            (
+                annotation::ENDPOINTS,
+                (self.endpoints.len() > 1).then(|| {
+                    self.endpoints
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
             ),
             (
                 annotation::POD_CIDRS,
@@ -87,10 +99,35 @@ pub fn advertise(
             })
     };
     let wanted = cfg.address_type.as_str();
-    let endpoint = address(wanted);
+    // One address per family, in the API's order, of the families the tunnel may use.
+    let mut own: Vec<Endpoint> = Vec::new();
+    for ip in view
+        .addresses
+        .iter()
+        .filter(|(t, _)| t == wanted)
+        .filter_map(|(_, a)| a.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| cfg.endpoint_family.allows(ip))
+    {
+        if !own
+            .iter()
+            .any(|e| matches!(e.host, Host::Ip(o) if o.is_ipv6() == ip.is_ipv6()))
+        {
+            own.push(Endpoint {
+                host: Host::Ip(ip),
+                port: cfg.listen_port,
+            });
+        }
+    }
+    let endpoint = own.first().cloned();
     if endpoint.is_none() && view.annotation(annotation::FORCE_ENDPOINT).is_none() {
         return Err(Problem::NoNodeAddress {
-            address_type: wanted,
+            address_type: match cfg.endpoint_family {
+                EndpointFamily::Auto => wanted,
+                EndpointFamily::Ipv4 if wanted == "InternalIP" => "IPv4 InternalIP",
+                EndpointFamily::Ipv4 => "IPv4 ExternalIP",
+                EndpointFamily::Ipv6 if wanted == "InternalIP" => "IPv6 InternalIP",
+                EndpointFamily::Ipv6 => "IPv6 ExternalIP",
+            },
         });
     }
     if let Some(forced) = view.annotation(annotation::FORCE_ENDPOINT) {
@@ -105,6 +142,7 @@ pub fn advertise(
     Ok(Advertisement {
         public_key: *key,
         endpoint,
+        endpoints: own,
         pod_subnets,
         public_endpoint: address(AddressType::ExternalIP.as_str()),
         discovered: None,

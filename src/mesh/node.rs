@@ -21,6 +21,9 @@ pub struct ParsedNode {
     pub public_key: Option<PublicKey>,
     /// `wgmesh.io/endpoint`: the node's own address (private inside its location).
     pub endpoint: Option<Endpoint>,
+    /// Every own address it publishes (`wgmesh.io/endpoints`, else just `endpoint`),
+    /// one per family at most.
+    pub endpoints: Vec<Endpoint>,
     /// `wgmesh.io/force-endpoint`: the administrator's override for other locations.
     pub forced_endpoint: Option<Endpoint>,
     /// `wgmesh.io/public-endpoint`: its public address, for other locations.
@@ -114,6 +117,32 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
             }
         },
     };
+    let endpoints = match view.annotation(annotation::ENDPOINTS) {
+        None => endpoint.iter().cloned().collect(),
+        Some(list) => {
+            let mut all = Vec::new();
+            for s in list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .take(8)
+            {
+                match Endpoint::parse(s, false) {
+                    Ok(e) => all.push(e),
+                    Err(e) => warnings.push(Warning::InvalidAnnotation {
+                        key: annotation::ENDPOINTS,
+                        error: super::bounded(&e.to_string()).into_owned(),
+                    }),
+                }
+            }
+            if let Some(primary) = &endpoint
+                && !all.contains(primary)
+            {
+                all.insert(0, primary.clone());
+            }
+            all
+        }
+    };
     let discovered = super::paths::parse_discovered(view, &mut warnings);
     let no_direct = super::paths::parse_no_direct(view, &mut warnings);
 
@@ -150,6 +179,7 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
         name: view.name.clone(),
         public_key,
         endpoint,
+        endpoints,
         forced_endpoint: forced,
         public_endpoint,
         location: view.location().map(String::from),

@@ -18,16 +18,16 @@
 //! stay open and a new public address (an ISP's reconnect) is learnt within seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::node::ParsedNode;
-use super::problem::Warning;
+use super::problem::{Problem, Warning};
 use crate::key::PublicKey;
-use crate::model::{Endpoint, NodeView, annotation};
+use crate::model::{Endpoint, EndpointFamily, NodeView, annotation};
 
 /// The largest path annotation read (`wgmesh.io/discovered-endpoints`,
 /// `wgmesh.io/no-direct-path`); a bigger one is ignored.
@@ -246,33 +246,91 @@ pub fn has_public_endpoint(n: &ParsedNode) -> bool {
     n.forced_endpoint.is_some() || n.public_endpoint.is_some()
 }
 
-/// The endpoint `local` uses for `peer`, and where it came from.
+/// The endpoint `local` uses for `peer`, and where it came from; a problem when the
+/// pair has no address family in common.
 pub fn endpoint_for(
     local: Option<&ParsedNode>,
     peer: &ParsedNode,
     own: &Observations,
     published: &Discoveries,
-) -> (Option<Endpoint>, EndpointSource) {
+    family: EndpointFamily,
+) -> Result<(Option<Endpoint>, EndpointSource), Problem> {
     if local.is_some_and(|l| same_location(l, peer)) {
-        if let Some(e) = &peer.endpoint {
-            return (Some(e.clone()), EndpointSource::Private);
+        if let Some(e) = private_endpoint(local, peer, family)? {
+            return Ok((Some(e), EndpointSource::Private));
         }
     }
     if let Some(e) = &peer.forced_endpoint {
-        return (Some(e.clone()), EndpointSource::Forced);
+        return Ok((Some(e.clone()), EndpointSource::Forced));
     }
     if let Some(e) = &peer.public_endpoint {
-        return (Some(e.clone()), EndpointSource::Public);
+        return Ok((Some(e.clone()), EndpointSource::Public));
     }
     if let Some(key) = &peer.public_key {
         if let Some(a) = own.endpoints.get(key) {
-            return (Some(Endpoint::ip(*a)), EndpointSource::Observed);
+            return Ok((Some(Endpoint::ip(*a)), EndpointSource::Observed));
         }
         if let Some(a) = published.of(key) {
-            return (Some(Endpoint::ip(a)), EndpointSource::Discovered);
+            return Ok((Some(Endpoint::ip(a)), EndpointSource::Discovered));
         }
     }
-    (peer.endpoint.clone(), EndpointSource::Private)
+    Ok((
+        private_endpoint(local, peer, family)?,
+        EndpointSource::Private,
+    ))
+}
+
+/// The peer's own endpoint of a family both nodes have: IPv6 when both have both (with
+/// `family` auto), else IPv4; a problem when they have none in common.
+pub fn private_endpoint(
+    local: Option<&ParsedNode>,
+    peer: &ParsedNode,
+    family: EndpointFamily,
+) -> Result<Option<Endpoint>, Problem> {
+    let ip_of = |e: &Endpoint| match e.host {
+        crate::model::Host::Ip(ip) => Some(ip),
+        crate::model::Host::Dns(_) => None,
+    };
+    let theirs: Vec<&Endpoint> = peer.endpoints.iter().collect();
+    if theirs.is_empty() {
+        return Ok(None);
+    }
+    let families = |list: &[&Endpoint]| -> (bool, bool) {
+        let ips: Vec<IpAddr> = list.iter().filter_map(|e| ip_of(e)).collect();
+        (
+            ips.iter().any(|ip| ip.is_ipv4() && family.allows(ip)),
+            ips.iter().any(|ip| ip.is_ipv6() && family.allows(ip)),
+        )
+    };
+    let (peer_v4, peer_v6) = families(&theirs);
+    let (local_v4, local_v6) = match local.map(|l| l.endpoints.iter().collect::<Vec<_>>()) {
+        // Without its own published endpoints yet, the local node takes what it may.
+        Some(mine) if !mine.is_empty() => families(&mine),
+        _ => (
+            family != EndpointFamily::Ipv6,
+            family != EndpointFamily::Ipv4,
+        ),
+    };
+    let v6 = if peer_v6 && local_v6 {
+        true
+    } else if peer_v4 && local_v4 {
+        false
+    } else {
+        let name = |v4: bool, v6: bool| match (v4, v6) {
+            (true, true) => "IPv4 and IPv6",
+            (true, false) => "IPv4",
+            (false, true) => "IPv6",
+            (false, false) => "no usable",
+        };
+        return Err(Problem::NoCommonAddressFamily {
+            peer: name(peer_v4, peer_v6).into(),
+            local: name(local_v4, local_v6).into(),
+        });
+    };
+    Ok(theirs
+        .into_iter()
+        .find(|e| ip_of(e).is_some_and(|ip| ip.is_ipv6() == v6))
+        .cloned())
 }
 
 /// Whether `local` is behind NAT: another node published a discovered endpoint for it.

@@ -460,3 +460,168 @@ fn direct_paths_are_given_up_after_the_wait_and_taken_again_when_packets_arrive(
         assert_eq!(got.contains("x"), *after, "{what}");
     }
 }
+
+#[test]
+fn a_pair_uses_the_family_both_nodes_have_ipv6_first_or_says_there_is_none() {
+    let node_with = |name: &str, i: u8, endpoints: &[&str]| {
+        let mut v = view(name);
+        v.labels.clear();
+        v.annotations.remove(annotation::PUBLIC_ENDPOINT);
+        v.annotations
+            .insert(annotation::ENDPOINT.into(), endpoints[0].into());
+        if endpoints.len() > 1 {
+            v.annotations
+                .insert(annotation::ENDPOINTS.into(), endpoints.join(","));
+        }
+        let _ = i;
+        v
+    };
+    const V4: &[&str] = &["192.0.2.1:51820"];
+    const V6: &[&str] = &["[2001:db8::1]:51820"];
+    const BOTH: &[&str] = &["192.0.2.1:51820", "[2001:db8::1]:51820"];
+    use EndpointFamily::{Auto, Ipv4, Ipv6};
+    // local, peer, setting, the family used (None: a problem of the pair)
+    type Case = (
+        &'static [&'static str],
+        &'static [&'static str],
+        EndpointFamily,
+        Option<&'static str>,
+    );
+    let table: &[Case] = &[
+        (BOTH, BOTH, Auto, Some("[2001:db8::2]:51820")),
+        (V4, BOTH, Auto, Some("192.0.2.2:51820")),
+        (BOTH, V4, Auto, Some("192.0.2.2:51820")),
+        (V6, BOTH, Auto, Some("[2001:db8::2]:51820")),
+        (V6, V6, Auto, Some("[2001:db8::2]:51820")),
+        (BOTH, BOTH, Ipv4, Some("192.0.2.2:51820")),
+        (BOTH, BOTH, Ipv6, Some("[2001:db8::2]:51820")),
+        (V4, V6, Auto, None),
+        (V6, V4, Auto, None),
+        (BOTH, V6, Ipv4, None),
+    ];
+    for (local, peer, family, want) in table {
+        let local_eps: Vec<String> = local
+            .iter()
+            .map(|e| e.replace("::1]", "::3]").replace(".1:", ".3:"))
+            .collect();
+        let peer_eps: Vec<String> = peer
+            .iter()
+            .map(|e| e.replace("::1]", "::2]").replace(".1:", ".2:"))
+            .collect();
+        let l: Vec<&str> = local_eps.iter().map(String::as_str).collect();
+        let p: Vec<&str> = peer_eps.iter().map(String::as_str).collect();
+        let views = [node_with("a1", 1, &l), node_with("b1", 3, &p)];
+        let cfg = MeshConfig {
+            endpoint_family: *family,
+            ..MeshConfig::default()
+        };
+        let nodes: Vec<ParsedNode> = views.iter().map(|v| parse(v, &cfg)).collect();
+        let plan = plan_with(
+            "a1",
+            Some(&key(1)),
+            &nodes,
+            NONE,
+            &cfg,
+            &Observations::default(),
+        );
+        let what = format!("{local:?} -> {peer:?} with {family:?}");
+        match want {
+            Some(e) => assert_eq!(
+                plan.peers["b1"]
+                    .endpoint
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .as_deref(),
+                Some(*e),
+                "{what}"
+            ),
+            None => {
+                assert!(!plan.peers.contains_key("b1"), "{what}");
+                let problem = &plan.rejected["b1"][0];
+                assert_eq!(problem.reason(), "NoCommonAddressFamily", "{what}");
+                assert!(
+                    plan.routes.is_empty(),
+                    "{what}: no route, its traffic is dropped"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_mtu_subtracts_the_overhead_of_the_underlay_family_in_use() {
+    use crate::mesh::mtu_from_underlay;
+    assert_eq!(mtu_from_underlay(&[(false, 1500)]), Some(1440));
+    assert_eq!(mtu_from_underlay(&[(true, 1500)]), Some(1420));
+    assert_eq!(
+        mtu_from_underlay(&[(false, 1500), (true, 1500)]),
+        Some(1420),
+        "the larger overhead"
+    );
+    assert_eq!(
+        mtu_from_underlay(&[(false, 9000), (true, 1500)]),
+        Some(1420)
+    );
+    assert_eq!(mtu_from_underlay(&[]), None);
+    // Under IPv6's minimum with IPv6 pods: the node hosts no pods, and says why.
+    let dual = |mut v: NodeView| {
+        v.pod_cidrs.push("fd00:10:244:1::/64".into());
+        v
+    };
+    for (mtu, pods_v6, problem) in [
+        (1279, true, true),
+        (1280, true, false),
+        (1200, false, false),
+    ] {
+        let cfg = MeshConfig {
+            mtu,
+            ..MeshConfig::default()
+        };
+        let v = if pods_v6 {
+            dual(view("a1"))
+        } else {
+            view("a1")
+        };
+        let nodes = vec![parse(&v, &cfg)];
+        let plan = plan_with(
+            "a1",
+            Some(&key(1)),
+            &nodes,
+            NONE,
+            &cfg,
+            &Observations::default(),
+        );
+        let said = plan
+            .local_problems
+            .iter()
+            .any(|p| p.reason() == "MTUTooSmallForIPv6");
+        assert_eq!(said, problem, "mtu {mtu}, IPv6 pods {pods_v6}");
+        assert_eq!(plan.cni_config(&cfg).is_none(), problem);
+    }
+}
+
+#[test]
+fn ipv6_egress_is_masqueraded_unless_switched_off() {
+    let mut v = view("a1");
+    v.pod_cidrs.push("fd00:10:244:1::/64".into());
+    for (on, want) in [(true, 2), (false, 1)] {
+        let cfg = MeshConfig {
+            masquerade_ipv6: on,
+            ..MeshConfig::default()
+        };
+        let nodes = vec![parse(&v, &cfg)];
+        let plan = plan_with(
+            "a1",
+            Some(&key(1)),
+            &nodes,
+            NONE,
+            &cfg,
+            &Observations::default(),
+        );
+        assert_eq!(
+            plan.firewall.masquerade_from.len(),
+            want,
+            "masquerade_ipv6={on}"
+        );
+    }
+}

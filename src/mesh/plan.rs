@@ -320,7 +320,34 @@ pub fn plan_with<'a>(
         }
     }
 
+    let mut unreachable_pairs: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
     for m in members {
+        let (endpoint, endpoint_source, keepalive) = match m.node {
+            Some(node) => {
+                let (endpoint, source) = match paths::endpoint_for(
+                    local_node,
+                    node,
+                    observed,
+                    &discoveries,
+                    cfg.endpoint_family,
+                ) {
+                    Ok(choice) => choice,
+                    Err(problem) => {
+                        // No path from here: the pair is left out, its traffic dropped.
+                        unreachable_pairs.insert(node.name.clone(), vec![problem]);
+                        continue;
+                    }
+                };
+                // Behind NAT, towards other locations: keep the mappings open.
+                let nat =
+                    local_behind_nat && !local_node.is_some_and(|l| paths::same_location(l, node));
+                let keepalive = m
+                    .persistent_keepalive
+                    .or(nat.then_some(paths::NAT_KEEPALIVE));
+                (endpoint, source, keepalive)
+            }
+            None => (m.endpoint, EndpointSource::External, m.persistent_keepalive),
+        };
         for dst in &m.allowed {
             let src = local_subnets.and_then(|l| {
                 l.nets()
@@ -333,20 +360,6 @@ pub fn plan_with<'a>(
                 node: m.id.to_string(),
             });
         }
-        let (endpoint, endpoint_source, keepalive) = match m.node {
-            Some(node) => {
-                let (endpoint, source) =
-                    paths::endpoint_for(local_node, node, observed, &discoveries);
-                // Behind NAT, towards other locations: keep the mappings open.
-                let nat =
-                    local_behind_nat && !local_node.is_some_and(|l| paths::same_location(l, node));
-                let keepalive = m
-                    .persistent_keepalive
-                    .or(nat.then_some(paths::NAT_KEEPALIVE));
-                (endpoint, source, keepalive)
-            }
-            None => (m.endpoint, EndpointSource::External, m.persistent_keepalive),
-        };
         let via = relayed.get(m.id.as_ref()).cloned();
         let mut allowed_ips = if via.is_some() { Vec::new() } else { m.allowed };
         if let Some(extra) = moved.get(m.id.as_ref()) {
@@ -369,6 +382,7 @@ pub fn plan_with<'a>(
             Some(p) => out.external.insert(p.name.clone(), peer),
         };
     }
+    rejected.extend(unreachable_pairs);
     out.rejected = rejected;
     out.local_problems = local_problems(local_subnets, cfg);
     let pod_ranges = pod_ranges(&nodes, &out, cfg);
@@ -405,21 +419,30 @@ fn reserved_spec_cidrs<'a>(
 
 /// The local node's own configuration problems: a pod CIDR that no cluster CIDR
 /// covers (a ConfigMap copied from another cluster, an IPv4-only `--cluster-cidr` on a
-/// dual-stack cluster). Without cluster CIDRs there is nothing to check against.
+/// dual-stack cluster; without cluster CIDRs there is nothing to check against), or an
+/// MTU under IPv6's minimum with an IPv6 pod range.
 fn local_problems(local: Option<PodSubnets>, cfg: &MeshConfig) -> Vec<Problem> {
-    if cfg.cluster_cidrs.is_empty() {
-        return Vec::new();
+    let mut out: Vec<Problem> = Vec::new();
+    if !cfg.cluster_cidrs.is_empty() {
+        out.extend(
+            local
+                .iter()
+                .flat_map(|s| s.nets())
+                .filter(|c| !cfg.cluster_cidrs.iter().any(|cc| cc.contains(c)))
+                .map(|cidr| Problem::LocalPodCidrOutsideCluster {
+                    cidr,
+                    cluster_cidrs: cfg.cluster_cidrs.clone(),
+                }),
+        );
     }
-    local
-        .iter()
-        .flat_map(|s| s.nets())
-        .filter(|c| !cfg.cluster_cidrs.iter().any(|cc| cc.contains(c)))
-        .map(|cidr| Problem::LocalPodCidrOutsideCluster {
-            cidr,
-            cluster_cidrs: cfg.cluster_cidrs.clone(),
-        })
-        .collect()
+    if local.is_some_and(|s| s.v6.is_some()) && cfg.mtu < IPV6_MIN_MTU {
+        out.push(Problem::MtuTooSmallForIpv6 { mtu: cfg.mtu });
+    }
+    out
 }
+
+/// IPv6's minimum link MTU (RFC 8200 section 5).
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// Every pod range this node knows of: the cluster CIDRs, its own pod CIDRs, every
 /// node's spec.podCIDRs (usable or not) and the ranges of the nodes it peers with.
@@ -553,6 +576,7 @@ fn firewall(
             .local
             .iter()
             .flat_map(|l| l.pod_subnets.nets())
+            .filter(|n| cfg.masquerade_ipv6 || n.addr().is_ipv4())
             .collect(),
         bridge: cfg.bridge.clone(),
         mesh_interface: cfg.interface.clone(),

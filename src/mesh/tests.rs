@@ -111,7 +111,10 @@ fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
         Some("10.244.1.0/24".into())
     );
     let cni = p.cni_config(&cfg()).expect("local CNI config");
-    assert_eq!(cni.subnets.v4.to_string(), "10.244.1.0/24");
+    assert_eq!(
+        cni.subnets.v4.map(|n| n.to_string()).as_deref(),
+        Some("10.244.1.0/24")
+    );
     assert_eq!((cni.bridge.as_str(), cni.mtu), ("wgmesh-br", 1420));
     assert!(p.rejected.is_empty() && p.warnings.is_empty());
     let nets = |v: &[&str]| {
@@ -504,7 +507,12 @@ fn malformed_nodes_are_left_out_with_the_reason_and_the_rest_is_unaffected() {
 #[test]
 fn ipv6_and_dns_endpoints_are_used_as_published() {
     let p = plan_of(&[
-        node("a", 1),
+        // The local node has both families: an IPv6-only peer is reached over IPv6.
+        set(
+            node("a", 1),
+            annotation::ENDPOINTS,
+            "192.0.2.1:51820,[2001:db8::1]:51820",
+        ),
         set(node("b", 2), annotation::ENDPOINT, "[2001:db8::2]:51820"),
         set(
             node("c", 3),
@@ -954,4 +962,50 @@ fn external_peers_are_peers_routed_guarded_and_checked_against_nodes() {
             "order {order:?}"
         );
     }
+}
+
+#[test]
+fn a_node_with_both_families_publishes_an_endpoint_of_each_unless_told_one() {
+    let v = with(node("a", 1), |v| {
+        v.addresses = vec![
+            ("InternalIP".into(), "192.0.2.1".into()),
+            ("InternalIP".into(), "2001:db8::1".into()),
+            ("InternalIP".into(), "2001:db8::99".into()),
+        ]
+    });
+    let ad = advertise(&v, &key(1), &cfg()).unwrap();
+    let ann = ad.annotations();
+    assert_eq!(
+        ann[annotation::ENDPOINT].as_deref(),
+        Some("192.0.2.1:51820"),
+        "API order, for older agents"
+    );
+    assert_eq!(
+        ann[annotation::ENDPOINTS].as_deref(),
+        Some("192.0.2.1:51820,[2001:db8::1]:51820"),
+        "one per family"
+    );
+    for (family, want) in [
+        (crate::model::EndpointFamily::Ipv6, "[2001:db8::1]:51820"),
+        (crate::model::EndpointFamily::Ipv4, "192.0.2.1:51820"),
+    ] {
+        let c = MeshConfig {
+            endpoint_family: family,
+            ..cfg()
+        };
+        let ad = advertise(&v, &key(1), &c).unwrap();
+        assert_eq!(
+            ad.annotations()[annotation::ENDPOINT].as_deref(),
+            Some(want)
+        );
+        assert_eq!(ad.annotations()[annotation::ENDPOINTS], None);
+    }
+    let v4_only = with(v.clone(), |v| v.addresses.truncate(1));
+    let c = MeshConfig {
+        endpoint_family: crate::model::EndpointFamily::Ipv6,
+        ..cfg()
+    };
+    let err = advertise(&v4_only, &key(1), &c).unwrap_err();
+    assert_eq!(err.reason(), "NoNodeAddress");
+    assert!(err.to_string().contains("IPv6 InternalIP"), "{err}");
 }
