@@ -51,11 +51,13 @@ pub fn main(keep: bool, stop: &AtomicBool) -> ExitCode {
         say!("\n\x1b[1;32mAll checks passed.\x1b[0m");
     } else {
         say!(
-            "\n\x1b[1;31mFAILED: {failed} of {} steps\x1b[0m\n{}(--keep keeps the testbed to look around; the agents' logs are in {})",
+            "\n\x1b[1;31mFAILED: {failed} of {} steps\x1b[0m\n{}",
             results.len(),
-            mc.counters(),
-            mc.dir().display()
+            mc.counters()
         );
+        if !keep {
+            say!("(with --keep the testbed stays up to look around)");
+        }
     }
     if keep {
         print_testbed(&mc, &pods);
