@@ -113,17 +113,23 @@ impl PathTracker {
             }
             a.rx_bytes = rx;
             let silent_for = a.received_at.map(|t| now.duration_since(t));
+            let since_handshake = seen
+                .get(&peer.public_key)
+                .and_then(|p| p.last_handshake)
+                .and_then(|t| t.elapsed().ok());
             direct.insert(
                 name.clone(),
                 DirectPath {
                     trying_for: now.duration_since(a.since),
                     since_received: silent_for,
+                    since_handshake,
                     has_endpoint,
                 },
             );
             // Both sides probe while the direct path is not proven: their handshakes
             // cross and open both NATs (hole punching), or show the path works again.
-            let proven = silent_for.is_some_and(|d| d < paths::DIRECT_SILENCE);
+            let proven = silent_for.is_some_and(|d| d < paths::DIRECT_SILENCE)
+                || since_handshake.is_some_and(|d| d < paths::DIRECT_SESSION);
             if has_endpoint
                 && !proven
                 && a.probed_at

@@ -69,14 +69,14 @@ impl Drop for PeerWatch {
 
 impl PeerWatch {
     /// Starts watching; `changed` is notified after each applied event. Without the
-    /// CRD the watch keeps retrying with backoff, quietly after the first note.
+    /// CRD the watch keeps retrying, up to 30 s apart, quietly after the first note.
     pub fn start(client: kube::Client, changed: Arc<Notify>) -> Self {
         let ar = resource();
         let writer = reflector::store::Writer::new(ar.clone());
         let store = writer.as_reader();
         let api: Api<DynamicObject> = Api::all_with(client, &ar);
         let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff();
+            .backoff(crate::retry::QuietBackoff::default());
         let task = tokio::spawn(async move {
             futures::pin_mut!(stream);
             let mut warned = false;

@@ -43,6 +43,10 @@ pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(5);
 /// every [`NAT_KEEPALIVE`] seconds).
 pub const DIRECT_SILENCE: Duration = Duration::from_secs(15);
 
+/// A direct session with a handshake this recent is working: WireGuard rekeys a
+/// session in use (keepalives count) after 120 s, and retries every 5 s.
+pub const DIRECT_SESSION: Duration = Duration::from_secs(135);
+
 /// Where a peer's endpoint came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -390,14 +394,20 @@ pub struct DirectPath {
     pub trying_for: Duration,
     /// How long since something last arrived from the peer on it (`None`: never).
     pub since_received: Option<Duration>,
+    /// How long since the last handshake with the peer on it (`None`: none). One side
+    /// of a quiet pair may receive nothing: WireGuard's persistent keepalive is sent
+    /// only by a side that neither sent nor received for its interval, and the other
+    /// side's keepalives count as received. A handshake proves both directions.
+    pub since_handshake: Option<Duration>,
     /// There is an endpoint to try at all.
     pub has_endpoint: bool,
 }
 
 /// The peers (behind NAT, like the local node) that the local node cannot reach
-/// directly: nothing received for [`DIRECT_SILENCE`] after trying for
-/// [`HOLE_PUNCH_WAIT`], or nothing to try. A peer stays listed until something arrives
-/// directly again (the relayed pair keeps probing).
+/// directly: no working session (a handshake within [`DIRECT_SESSION`]) and nothing
+/// received for [`DIRECT_SILENCE`], after trying for [`HOLE_PUNCH_WAIT`]; or nothing
+/// to try. A peer stays listed until a direct handshake succeeds or something arrives
+/// directly (the relayed pair keeps probing).
 pub fn no_direct_paths(
     current: &BTreeSet<String>,
     paths: &BTreeMap<String, DirectPath>,
@@ -405,7 +415,8 @@ pub fn no_direct_paths(
     paths
         .iter()
         .filter(|(name, p)| {
-            let alive = p.since_received.is_some_and(|d| d < DIRECT_SILENCE);
+            let alive = p.since_received.is_some_and(|d| d < DIRECT_SILENCE)
+                || p.since_handshake.is_some_and(|d| d < DIRECT_SESSION);
             if alive {
                 return false;
             }

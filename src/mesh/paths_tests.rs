@@ -435,20 +435,38 @@ fn path_annotations_are_bounded_and_garbage_is_ignored_with_a_warning() {
 
 #[test]
 fn direct_paths_are_given_up_after_the_wait_and_taken_again_when_packets_arrive() {
-    let d = |trying: u64, since: Option<u64>, has: bool| DirectPath {
+    let d = |trying: u64, since: Option<u64>, handshake: Option<u64>, has: bool| DirectPath {
         trying_for: Duration::from_secs(trying),
         since_received: since.map(Duration::from_secs),
+        since_handshake: handshake.map(Duration::from_secs),
         has_endpoint: has,
     };
     // (what, path, listed before, listed after)
     let table: &[(&str, DirectPath, bool, bool)] = &[
-        ("just started", d(1, None, true), false, false),
-        ("tried long enough", d(5, None, true), false, true),
-        ("nothing to try", d(0, None, false), false, true),
-        ("working", d(60, Some(3), true), false, false),
-        ("went silent", d(60, Some(20), true), false, true),
-        ("relayed, still silent", d(60, None, true), true, true),
-        ("relayed, answered", d(60, Some(1), true), true, false),
+        ("just started", d(1, None, None, true), false, false),
+        ("tried long enough", d(5, None, None, true), false, true),
+        ("nothing to try", d(0, None, None, false), false, true),
+        ("working", d(60, Some(3), Some(50), true), false, false),
+        (
+            "the quiet side of a working pair: only its own keepalives go out",
+            d(60, Some(40), Some(50), true),
+            false,
+            false,
+        ),
+        (
+            "went silent, no rekey",
+            d(300, Some(140), Some(140), true),
+            false,
+            true,
+        ),
+        ("relayed, still silent", d(60, None, None, true), true, true),
+        (
+            "relayed, a direct handshake succeeded",
+            d(60, None, Some(2), true),
+            true,
+            false,
+        ),
+        ("relayed, answered", d(60, Some(1), None, true), true, false),
     ];
     for (what, path, before, after) in table {
         let current: BTreeSet<String> = if *before {

@@ -81,7 +81,13 @@ impl Snapshot {
         let age = peer
             .and_then(|p| p.stats.last_handshake)
             .map(|t| self.now.duration_since(t).unwrap_or_default().as_secs());
-        if self.device.is_some() && !local && self.plan.peers.contains_key(&n.name) {
+        // A relayed peer's traffic goes through its relay: its own entry only probes.
+        let relayed = self
+            .plan
+            .peers
+            .get(&n.name)
+            .is_some_and(|p| p.via.is_some());
+        if self.device.is_some() && !local && !relayed && self.plan.peers.contains_key(&n.name) {
             match (peer, age) {
                 (None, _) => problems
                     .push("NotConfigured: planned peer is missing from the local device".into()),

@@ -112,7 +112,7 @@ fn the_demo_checks_every_step_and_tears_down() {
 }
 
 #[test]
-fn the_multicloud_demo_runs_every_step_says_which_failed_and_tears_down() {
+fn the_multicloud_demo_connects_every_pod_pair_and_tears_down() {
     require_root!();
     let out = Command::new(BIN)
         .args(["demo", "multicloud"])
@@ -136,24 +136,22 @@ fn the_multicloud_demo_runs_every_step_says_which_failed_and_tears_down() {
             "step {step} missing:\n{stdout}"
         );
     }
-    // What the testbed and today's product do: these steps pass. Steps 3 and 4 (every
-    // pod pair across sites, only WireGuard between them) need NAT traversal (issue
-    // #14): the summary says whether they passed, and the exit status follows it.
+    // Every step passes: the 20 pod pairs across sites and NATs, only WireGuard on the
+    // internet, a1-a2 on their LAN (issue #14).
     let summary = stdout
         .split_once("Summary")
         .map(|(_, s)| s)
         .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
-    for step in [1, 2, 5, 6] {
+    for step in 1..=6 {
         assert!(
             summary.contains(&format!("OK\u{1b}[0m     {step}. ")),
             "step {step} failed:\n{stdout}"
         );
     }
-    let failed = summary.matches("FAILED\u{1b}[0m ").count();
-    assert_eq!(
+    assert!(summary.contains("All checks passed."), "{stdout}");
+    assert!(
         out.status.success(),
-        failed == 0 && summary.contains("All checks passed."),
-        "exit status {} with {failed} failed steps:\n{stdout}",
+        "exit status {}:\n{stdout}",
         out.status
     );
     assert!(stdout.contains("Tearing down."), "{stdout}");
