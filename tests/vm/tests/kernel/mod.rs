@@ -42,7 +42,10 @@ mod inside {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     /// A kernel WireGuard link `name` in `ns`, created by the adapter, and a device on it.
@@ -60,7 +63,11 @@ mod inside {
 
     fn wg(ns: &TestNs, args: &[&str]) -> String {
         let out = ns.exec("wg", args);
-        assert!(out.status.success(), "wg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "wg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -82,7 +89,10 @@ mod inside {
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
-                (f[0].to_string(), (f[2].to_string(), f[3].to_string(), f[7].to_string()))
+                (
+                    f[0].to_string(),
+                    (f[2].to_string(), f[3].to_string(), f[7].to_string()),
+                )
             })
             .collect()
     }
@@ -95,11 +105,19 @@ mod inside {
         let dev = kernel_link(&ns, "wgk0");
         let key = PrivateKey::generate().unwrap();
         let b = peer(2, "192.0.2.2:51820", &["10.244.2.0/24"], 0);
-        let c = peer(3, "[2001:db8::3]:51820", &["10.244.3.0/24", "fd00:10:244:3::/64"], 25);
+        let c = peer(
+            3,
+            "[2001:db8::3]:51820",
+            &["10.244.3.0/24", "fd00:10:244:3::/64"],
+            25,
+        );
         dev.apply(&ConfigUpdate {
             private_key: Some(Some(key.clone())),
             listen_port: Some(51820),
-            peers: vec![PeerUpdate::from_config(b.clone()), PeerUpdate::from_config(c.clone())],
+            peers: vec![
+                PeerUpdate::from_config(b.clone()),
+                PeerUpdate::from_config(c.clone()),
+            ],
             ..ConfigUpdate::default()
         })
         .unwrap();
@@ -114,18 +132,28 @@ mod inside {
         got.sort_by_key(|p| p.public_key);
         assert_eq!(got, want, "the adapter reads back what it set");
         // wg(8), reading the kernel on its own, agrees.
-        assert_eq!(wg(&ns, &["show", "wgk0", "public-key"]).trim(), key.public_key().to_base64());
+        assert_eq!(
+            wg(&ns, &["show", "wgk0", "public-key"]).trim(),
+            key.public_key().to_base64()
+        );
         let dump = wg_dump(&ns, "wgk0");
         assert_eq!(
             dump[&c.public_key.to_base64()],
-            ("[2001:db8::3]:51820".into(), "10.244.3.0/24,fd00:10:244:3::/64".into(), "25".into())
+            (
+                "[2001:db8::3]:51820".into(),
+                "10.244.3.0/24,fd00:10:244:3::/64".into(),
+                "25".into()
+            )
         );
         assert_eq!(dump[&b.public_key.to_base64()].2, "off");
 
         // A new plan: c goes, b gets a second range, d comes. The peer diff is one
         // transaction; applied, the kernel holds exactly the plan.
         let b2 = PeerConfig {
-            allowed_ips: vec!["10.244.2.0/24".parse().unwrap(), "10.244.20.0/24".parse().unwrap()],
+            allowed_ips: vec![
+                "10.244.2.0/24".parse().unwrap(),
+                "10.244.20.0/24".parse().unwrap(),
+            ],
             ..b.clone()
         };
         let d = peer(4, "192.0.2.4:51820", &["10.244.4.0/24"], 0);
@@ -139,24 +167,51 @@ mod inside {
         let dump = wg_dump(&ns, "wgk0");
         assert_eq!(dump.len(), 2);
         assert!(!dump.contains_key(&c.public_key.to_base64()));
-        assert_eq!(dump[&b.public_key.to_base64()].1, "10.244.2.0/24,10.244.20.0/24");
+        assert_eq!(
+            dump[&b.public_key.to_base64()].1,
+            "10.244.2.0/24,10.244.20.0/24"
+        );
         assert_eq!(dump[&d.public_key.to_base64()].0, "192.0.2.4:51820");
 
         // The peer roams (the kernel learned a new endpoint from its packets; here `wg`
         // stands in): the same plan again changes nothing and keeps the roamed endpoint.
-        wg(&ns, &["set", "wgk0", "peer", &b.public_key.to_base64(), "endpoint", "198.51.100.7:40000"]);
+        wg(
+            &ns,
+            &[
+                "set",
+                "wgk0",
+                "peer",
+                &b.public_key.to_base64(),
+                "endpoint",
+                "198.51.100.7:40000",
+            ],
+        );
         let last: BTreeMap<PublicKey, Option<SocketAddr>> =
             desired.iter().map(|(k, p)| (*k, p.endpoint)).collect();
         let again = peers::updates(&desired, &dev.status().unwrap().peers, &last);
         assert!(again.peers.is_empty(), "{again:?}");
         // A peer changed behind the agent's back is repaired, the roamed endpoint kept.
-        wg(&ns, &["set", "wgk0", "peer", &b.public_key.to_base64(), "allowed-ips", "0.0.0.0/0"]);
+        wg(
+            &ns,
+            &[
+                "set",
+                "wgk0",
+                "peer",
+                &b.public_key.to_base64(),
+                "allowed-ips",
+                "0.0.0.0/0",
+            ],
+        );
         let repair = peers::updates(&desired, &dev.status().unwrap().peers, &last);
         dev.apply(&repair).unwrap();
         let dump = wg_dump(&ns, "wgk0");
         assert_eq!(
             dump[&b.public_key.to_base64()],
-            ("198.51.100.7:40000".into(), "10.244.2.0/24,10.244.20.0/24".into(), "off".into())
+            (
+                "198.51.100.7:40000".into(),
+                "10.244.2.0/24,10.244.20.0/24".into(),
+                "off".into()
+            )
         );
     }
 
@@ -204,8 +259,11 @@ mod inside {
             read.as_millis()
         );
         // Half of them go in one diff.
-        let desired: BTreeMap<PublicKey, PeerConfig> =
-            peers.iter().step_by(2).map(|p| (p.public_key, p.clone())).collect();
+        let desired: BTreeMap<PublicKey, PeerConfig> = peers
+            .iter()
+            .step_by(2)
+            .map(|p| (p.public_key, p.clone()))
+            .collect();
         let last = peers.iter().map(|p| (p.public_key, p.endpoint)).collect();
         let update = peers::updates(&desired, &dev.status().unwrap().peers, &last);
         assert_eq!(update.peers.len(), 500);
@@ -224,13 +282,27 @@ mod inside {
         in_vm();
         let a = TestNs::new("wgka");
         let b = TestNs::new("wgkb");
-        a.ip(["link", "add", "ve", "type", "veth", "peer", "name", "ve", "netns", b.name()]);
+        a.ip([
+            "link",
+            "add",
+            "ve",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ve",
+            "netns",
+            b.name(),
+        ]);
         for (ns, ip) in [(&a, "192.0.2.1/24"), (&b, "192.0.2.2/24")] {
             ns.ip(["addr", "add", ip, "dev", "ve"]);
             ns.ip(["link", "set", "ve", "up"]);
         }
         let (wa, wb) = (kernel_link(&a, "wg0"), kernel_link(&b, "wg0"));
-        let (ka, kb) = (PrivateKey::generate().unwrap(), PrivateKey::generate().unwrap());
+        let (ka, kb) = (
+            PrivateKey::generate().unwrap(),
+            PrivateKey::generate().unwrap(),
+        );
         let cfg = |key: &PrivateKey, peer: PublicKey, endpoint: &str, ip: &str| ConfigUpdate {
             private_key: Some(Some(key.clone())),
             listen_port: Some(51820),
@@ -241,10 +313,38 @@ mod inside {
             })],
             ..ConfigUpdate::default()
         };
-        wa.apply(&cfg(&ka, kb.public_key(), "192.0.2.2:51820", "10.244.2.1/32")).unwrap();
-        wb.apply(&cfg(&kb, ka.public_key(), "192.0.2.1:51820", "10.244.1.1/32")).unwrap();
-        a.ip(["addr", "add", "10.244.1.1/32", "peer", "10.244.2.1/32", "dev", "wg0"]);
-        b.ip(["addr", "add", "10.244.2.1/32", "peer", "10.244.1.1/32", "dev", "wg0"]);
+        wa.apply(&cfg(
+            &ka,
+            kb.public_key(),
+            "192.0.2.2:51820",
+            "10.244.2.1/32",
+        ))
+        .unwrap();
+        wb.apply(&cfg(
+            &kb,
+            ka.public_key(),
+            "192.0.2.1:51820",
+            "10.244.1.1/32",
+        ))
+        .unwrap();
+        a.ip([
+            "addr",
+            "add",
+            "10.244.1.1/32",
+            "peer",
+            "10.244.2.1/32",
+            "dev",
+            "wg0",
+        ]);
+        b.ip([
+            "addr",
+            "add",
+            "10.244.2.1/32",
+            "peer",
+            "10.244.1.1/32",
+            "dev",
+            "wg0",
+        ]);
         // No traffic before the rotation either: a packet received would make the
         // kernel send a keepalive 10 s later (and so a handshake), which must not be
         // what this test sees.
@@ -278,14 +378,28 @@ mod inside {
         .into();
         let last = [(ka.public_key(), Some("192.0.2.1:51820".parse().unwrap()))].into();
         let update = peers::updates(&desired, &wb.status().unwrap().peers, &last);
-        assert!(update.peers.iter().any(|p| p.handshake_now && p.public_key == new.public_key()));
+        assert!(
+            update
+                .peers
+                .iter()
+                .any(|p| p.handshake_now && p.public_key == new.public_key())
+        );
         wb.apply(&update).unwrap();
         // No packet is sent by anyone: the handshake comes from the update alone.
-        let at = wait_until(Duration::from_secs(30), "a handshake with A's new key", || {
-            let s = wb.status().unwrap();
-            let p = s.peers.iter().find(|p| p.config.public_key == new.public_key())?;
-            p.stats.last_handshake.filter(|t| *t >= rotated_at - Duration::from_secs(1))
-        });
+        let at = wait_until(
+            Duration::from_secs(30),
+            "a handshake with A's new key",
+            || {
+                let s = wb.status().unwrap();
+                let p = s
+                    .peers
+                    .iter()
+                    .find(|p| p.config.public_key == new.public_key())?;
+                p.stats
+                    .last_handshake
+                    .filter(|t| *t >= rotated_at - Duration::from_secs(1))
+            },
+        );
         eprintln!("handshake with the new key at {at:?}");
         assert_eq!(wb.status().unwrap().peers.len(), 1, "the old key is gone");
         assert!(a.ping("10.244.2.1"), "traffic after the rotation");
