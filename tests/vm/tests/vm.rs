@@ -47,7 +47,10 @@ fn auto_picks_the_kernel_in_the_vm_and_userspace_on_this_machine_and_says_why() 
     let wgmesh = wgmesh_testkit::workspace_bin("wgmesh");
     let wgmesh = wgmesh.to_string_lossy();
     let vm = Vm::shared();
-    let inside = agent_start_log(|s| vm.run(&["sh", "-c", s], "", Duration::from_secs(120)), &wgmesh);
+    let inside = agent_start_log(
+        |s| vm.run(&["sh", "-c", s], "", Duration::from_secs(120)),
+        &wgmesh,
+    );
     assert!(
         inside.contains("WireGuard backend chosen") && inside.contains("backend=\"kernel\""),
         "in the VM:\n{inside}"
