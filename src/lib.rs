@@ -8,7 +8,8 @@
 //! - [`dataplane`]: adapters applying node state (the pod bridge, later routes and nftables);
 //! - [`netlink`]: adapters over rtnetlink and network namespaces, used by the plugin and the agent;
 //! - [`sysctl`]: the few kernel knobs a node needs;
-//! - [`wireguard`]: the userspace WireGuard data plane (agent-embedded and `wgmesh-wg`).
+//! - [`wireguard`]: the userspace WireGuard data plane (agent-embedded and `wgmesh-wg`);
+//! - [`wgkernel`]: the kernel's WireGuard over generic netlink (the other backend).
 
 pub mod agent;
 pub mod cni;
@@ -25,4 +26,5 @@ pub mod status;
 pub mod sysctl;
 pub mod telemetry;
 pub mod uninstall;
+pub mod wgkernel;
 pub mod wireguard;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wgmesh::agent::{self, AgentConfig};
 use wgmesh::dataplane::ControlPlaneOnly;
+use wgmesh::dataplane::backend::{self, Backend, BackendChoice};
 use wgmesh::dataplane::node::{NodeDataPlane, NodeDataPlaneConfig};
 use wgmesh::mesh::MeshConfig;
 use wgmesh::model::{AddressType, EndpointFamily};
@@ -56,6 +57,24 @@ struct LogArgs {
 enum DataPlaneKind {
     Wireguard,
     None,
+}
+
+/// `--wireguard-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WireguardBackend {
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl From<WireguardBackend> for BackendChoice {
+    fn from(b: WireguardBackend) -> Self {
+        match b {
+            WireguardBackend::Auto => BackendChoice::Auto,
+            WireguardBackend::Kernel => BackendChoice::Kernel,
+            WireguardBackend::Userspace => BackendChoice::Userspace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,6 +193,12 @@ struct AgentArgs {
     /// `none`: control plane only, no packet path (for testing the control plane).
     #[arg(long, value_enum, default_value_t = DataPlaneKind::Wireguard)]
     dataplane: DataPlaneKind,
+    /// Which WireGuard carries the traffic: `kernel` (wireguard.ko over netlink; no
+    /// /dev/net/tun needed), `userspace` (in the agent: persistent TUN, UAPI socket,
+    /// offloads), or `auto`: the kernel's when it has WireGuard (loaded or loadable),
+    /// else userspace. The choice and its reason are logged at start.
+    #[arg(long, value_enum, default_value_t = WireguardBackend::Auto)]
+    wireguard_backend: WireguardBackend,
     /// Address of the HTTP endpoint: /metrics, /healthz, /readyz.
     #[arg(long, default_value = "0.0.0.0:9474")]
     metrics_addr: std::net::SocketAddr,
@@ -356,11 +381,20 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             .await
         }
         DataPlaneKind::Wireguard => {
+            let nl = wgmesh::netlink::Netlink::connect().context("netlink")?;
+            let (backend, reason) = backend::choose(a.wireguard_backend.into(), &nl)
+                .await
+                .context("choosing the WireGuard backend")?;
+            drop(nl);
+            tracing::info!(backend = backend.as_str(), %reason, "WireGuard backend chosen");
             let dp_cfg = NodeDataPlaneConfig {
                 interface: cfg.mesh.interface.clone(),
                 listen_port: cfg.mesh.listen_port,
                 bridge: cfg.mesh.bridge.clone(),
-                uapi_dir: Some(wgmesh::wireguard::UAPI_DIR.into()),
+                // wg(8) reads the kernel's device over netlink.
+                uapi_dir: (backend == Backend::Userspace)
+                    .then(|| wgmesh::wireguard::UAPI_DIR.into()),
+                backend,
             };
             let t = telemetry.clone();
             agent::run(

@@ -88,12 +88,14 @@ impl Collector for MeshCollector {
             return Ok(());
         };
         let now = SystemTime::now();
+        // One read of the device (a netlink dump on the kernel backend) per scrape.
+        let mut all = device.peer_stats();
         let stats: Vec<_> = peers
             .iter()
             .map(|(node, p)| {
                 (
                     NodeLabel { node: node.clone() },
-                    device.peer_stats(&p.public_key).unwrap_or_default(),
+                    all.remove(&p.public_key).unwrap_or_default(),
                 )
             })
             .collect();
@@ -155,28 +157,38 @@ impl Collector for MeshCollector {
             "dataplane_packets_dropped",
             "Packets the WireGuard data plane dropped, by reason",
             MetricType::Counter,
-            device.drops().snapshot().into_iter().map(|(r, n)| {
-                (
-                    ReasonLabel {
-                        reason: r.as_str().to_string(),
-                    },
-                    ConstCounter::new(n),
-                )
-            }),
+            device
+                .drops()
+                .map(|d| d.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(r, n)| {
+                    (
+                        ReasonLabel {
+                            reason: r.as_str().to_string(),
+                        },
+                        ConstCounter::new(n),
+                    )
+                }),
         )?;
         family(
             &mut encoder,
             "dataplane_thread_restarts",
             "WireGuard data-plane threads restarted after a panic or an unexpected exit, by thread kind",
             MetricType::Counter,
-            device.threads().snapshot().into_iter().map(|(kind, n)| {
-                (
-                    ThreadLabel {
-                        thread: kind.as_str(),
-                    },
-                    ConstCounter::new(n),
-                )
-            }),
+            device
+                .threads()
+                .map(|t| t.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(kind, n)| {
+                    (
+                        ThreadLabel {
+                            thread: kind.as_str(),
+                        },
+                        ConstCounter::new(n),
+                    )
+                }),
         )?;
         Ok(())
     }
