@@ -65,6 +65,7 @@ fn node(i: usize) -> NodeView {
             "InternalIP".into(),
             format!("198.51.{}.{}", (i / 250) % 256, i % 250 + 1),
         )],
+        labels: BTreeMap::new(),
     }
 }
 

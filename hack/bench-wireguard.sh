@@ -22,8 +22,12 @@
 # boringtun-cli under target/bench-tools (cached for later runs).
 #
 # Usage: [RUNS=n] hack/bench-wireguard.sh [DURATION] [IMPL...]
-#   IMPL among: veth wgmesh-wg wireguard-go boringtun pod-agent pod-wireguard-go
-#   pod-wgmesh-wg (default: all but pod-wgmesh-wg)
+#   IMPL among: veth wgmesh-wg wireguard-go boringtun kernel pod-agent pod-wireguard-go
+#   pod-wgmesh-wg (default: all but kernel and pod-wgmesh-wg). `kernel` is the kernel's
+#   WireGuard (wireguard.ko; this machine's kernel has none): on a machine with the
+#   module, `RUNS=3 hack/bench-wireguard.sh 10 kernel wgmesh-wg wireguard-go` compares
+#   the kernel, wgmesh's userspace data plane and wireguard-go in one run. Its CPU is
+#   not measured (it runs in softirqs and kernel threads, no process of its own).
 #   RUNS (default 1): rounds over all implementations, interleaved; medians are shown.
 #   WGMESH_OFFLOADS=off in the environment is passed on to wgmesh-wg (not to the agents).
 #   PERF_DIR: also record a system-wide profile (perf record -a -g, cpu-clock) of the
@@ -114,6 +118,13 @@ setup_underlay() {
 start_impl() {
 	local impl=$1 ns=$2 ifname=$3
 	case $impl in
+	kernel)
+		ip -n "$ns" link add "$ifname" type wireguard || {
+			echo "bench-wireguard: this kernel has no WireGuard (no wireguard.ko)" >&2
+			return 1
+		}
+		return 0
+		;;
 	wgmesh-wg) ip netns exec "$ns" "$WGMESH_WG" -f "$ifname" 2>/dev/null & ;;
 	wireguard-go) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifname" >/dev/null 2>&1 & ;;
 	boringtun) ip netns exec "$ns" env WG_SUDO=1 "$BORINGTUN" -f --disable-drop-privileges "$ifname" >/dev/null 2>&1 & ;;
@@ -261,7 +272,7 @@ med = lambda xs: statistics.median(xs) if xs else 0.0
 v, w = med(mbits), med(ref_mbits)
 # CPU per GB from each round, then the median.
 per_gb = [c / (b / 1e9) for c, b in zip(cpu, nbytes) if b > 0]
-cpu_gb = "%.2f" % med(per_gb) if per_gb and impl != "veth" else "-"
+cpu_gb = "%.2f" % med(per_gb) if per_gb and impl not in ("veth", "kernel") else "-"
 r, rw = med(rtt), med(ref_rtt)
 ratio = lambda a, b: "%.2f" % (a / b) if b else "-"
 each = "/".join("%.0f" % x for x in mbits)

@@ -268,6 +268,17 @@ def cases():
         a, lambda n: n["metadata"]["annotations"].pop("wgmesh.io/pod-cidrs")
     ), True, None
     yield "agent re-publishes unchanged values", request("node-a"), a, copy.deepcopy(a), True, None
+    yield "agent publishes its public endpoint and what it discovered", request("node-a"), a, changed(
+        a, both(set_annotation("wgmesh.io/public-endpoint", "203.0.113.101:51820"),
+                set_annotation("wgmesh.io/discovered-endpoints", '{"k": "203.0.113.121:51820"}'),
+                set_annotation("wgmesh.io/no-direct-path", '["h2"]'))
+    ), True, None
+    yield "agent rewrites another node's discovered endpoints", request("node-b"), b, changed(
+        b, set_annotation("wgmesh.io/discovered-endpoints", '{"k": "203.0.113.66:666"}')
+    ), False, "may not change Node node-b"
+    yield "agent asks for its own key rotation (administrator-owned)", request("node-a"), a, changed(
+        a, set_annotation("wgmesh.io/rotate-key", "2026-12-02T00:00:00Z")
+    ), False, "not wgmesh.io/rotate-key"
     yield "agent rewrites another node's endpoint", request("node-b"), b, changed(
         b, set_annotation("wgmesh.io/endpoint", "203.0.113.66:51820")
     ), False, "the wgmesh agent on node node-a may not change Node node-b"

@@ -7,9 +7,18 @@
 # WireGuard on the wire between nodes, SNAT to the internet, `wgmesh status`. Exits
 # non-zero if a check fails; tears everything down at the end.
 #
-#   ./hack/demo.sh          run the demo
-#   ./hack/demo.sh --keep   keep the cluster afterwards (prints how to enter each node
-#                           and pod); Ctrl-C tears it down
+#   ./hack/demo.sh                   run the demo
+#   ./hack/demo.sh --keep            keep the cluster afterwards (prints how to enter each
+#                                    node and pod); Ctrl-C tears it down
+#   ./hack/demo.sh multicloud [--keep]
+#                                    the multi-cloud demo: nodes a1, a2 (cloud-a), b1
+#                                    (cloud-b), h1, h2 (two homes), each site behind its
+#                                    NAT (1:1 without hairpin, port-preserving, symmetric),
+#                                    on an internet that drops private addresses; checks
+#                                    the published Node objects, the NATs, all 20 pod
+#                                    pairs, only WireGuard between sites, cloud-a's pods
+#                                    talking on its LAN; runs every step and says which
+#                                    failed
 #
 # Needs root. Everything happens in namespaces it creates.
 set -euo pipefail

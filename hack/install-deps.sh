@@ -12,6 +12,7 @@ packages=(
   podman runc busybox-static                 # a real CNI runtime and a tiny static rootfs
   kubectl                                    # a real Kubernetes client for test-apiserver
   python3-venv shellcheck                    # manifest validation (kubernetes-validate, CEL) and script lint
+  qemu-system-x86 linux-image-amd64          # the test VM (tests/vm): Debian's kernel, with wireguard.ko, under TCG
 )
 
 missing=()

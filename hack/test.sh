@@ -38,12 +38,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --target-dir target -- -D warnings
 # Test binaries exec the workspace's own binaries (wgmesh-cni, test-apiserver, ...).
 cargo build --workspace --bins
+# The VM tests (tests/vm) share one VM per process: they run in one `cargo test`
+# process of their own (about a minute: a 20-30 s boot, then the tests in parallel),
+# not under nextest, which would boot a VM per test.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --exclude wgmesh-vm --no-fail-fast
   cargo test --workspace --doc
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --exclude wgmesh-vm --no-fail-fast
 fi
+cargo test -p wgmesh-vm --no-fail-fast
 # Each benchmark once in a short mode, on the debug build: not a measurement (the
 # README's figures come from full runs), but a benchmark that stopped working fails the
 # run. bench-wireguard.sh without boringtun, which it would first build from crates.io.

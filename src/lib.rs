@@ -9,7 +9,8 @@
 //! - [`netlink`]: adapters over rtnetlink and network namespaces, used by the plugin and the agent;
 //! - [`sysctl`]: the few kernel knobs a node needs;
 //! - [`kernel_writes`]: counts of the changes made to the kernel, for `/metrics`;
-//! - [`wireguard`]: the userspace WireGuard data plane (agent-embedded and `wgmesh-wg`).
+//! - [`wireguard`]: the userspace WireGuard data plane (agent-embedded and `wgmesh-wg`);
+//! - [`wgkernel`]: the kernel's WireGuard over generic netlink (the other backend).
 
 pub mod agent;
 pub mod cni;
@@ -27,4 +28,5 @@ pub mod status;
 pub mod sysctl;
 pub mod telemetry;
 pub mod uninstall;
+pub mod wgkernel;
 pub mod wireguard;

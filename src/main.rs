@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wgmesh::agent::{self, AgentConfig};
 use wgmesh::dataplane::ControlPlaneOnly;
+use wgmesh::dataplane::backend::{self, Backend, BackendChoice};
 use wgmesh::dataplane::node::{NodeDataPlane, NodeDataPlaneConfig};
 use wgmesh::mesh::MeshConfig;
-use wgmesh::model::AddressType;
+use wgmesh::model::{AddressType, EndpointFamily};
 use wgmesh::telemetry::{Readiness, Telemetry};
 
 /// Kubernetes pod network over an encrypted WireGuard full mesh.
@@ -56,6 +57,24 @@ struct LogArgs {
 enum DataPlaneKind {
     Wireguard,
     None,
+}
+
+/// `--wireguard-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WireguardBackend {
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl From<WireguardBackend> for BackendChoice {
+    fn from(b: WireguardBackend) -> Self {
+        match b {
+            WireguardBackend::Auto => BackendChoice::Auto,
+            WireguardBackend::Kernel => BackendChoice::Kernel,
+            WireguardBackend::Userspace => BackendChoice::Userspace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -152,18 +171,34 @@ struct AgentArgs {
     /// Which node address peers use.
     #[arg(long, default_value = "InternalIP")]
     endpoint_address_type: AddressType,
+    /// Which family of the nodes' addresses carries the tunnel: `auto` publishes one
+    /// address of each family the node has, and a pair uses the family both nodes
+    /// have, IPv6 when both have both.
+    #[arg(long, default_value = "auto")]
+    endpoint_family: EndpointFamily,
+    /// Masquerade pods' IPv6 traffic leaving the cluster to the node's address (pod
+    /// ULA ranges are not routable); `false` for global IPv6 pod ranges.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade_ipv6: bool,
     /// Persistent keepalive for every peer, seconds (0 = off); a node's
     /// wgmesh.io/persistent-keepalive annotation overrides it for that node.
     #[arg(long, default_value_t = 0)]
     persistent_keepalive: u16,
     /// MTU of wgmesh0, the bridge and pod interfaces; default: the MTU of the
-    /// interface holding the node's endpoint address minus 80.
+    /// interfaces holding the node's endpoint addresses minus the tunnel's overhead
+    /// (80 over IPv6, 60 over IPv4; the larger when both are in use).
     #[arg(long)]
     mtu: Option<u32>,
     /// `wireguard`: the real data plane (WireGuard device, routes, nftables).
     /// `none`: control plane only, no packet path (for testing the control plane).
     #[arg(long, value_enum, default_value_t = DataPlaneKind::Wireguard)]
     dataplane: DataPlaneKind,
+    /// Which WireGuard carries the traffic: `kernel` (wireguard.ko over netlink; no
+    /// /dev/net/tun needed), `userspace` (in the agent: persistent TUN, UAPI socket,
+    /// offloads), or `auto`: the kernel's when it has WireGuard (loaded or loadable),
+    /// else userspace. The choice and its reason are logged at start.
+    #[arg(long, value_enum, default_value_t = WireguardBackend::Auto)]
+    wireguard_backend: WireguardBackend,
     /// Address of the HTTP endpoint: /metrics, /healthz, /readyz.
     #[arg(long, default_value = "0.0.0.0:9474")]
     metrics_addr: std::net::SocketAddr,
@@ -314,6 +349,8 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             interface: a.interface,
             listen_port: a.listen_port,
             address_type: a.endpoint_address_type,
+            endpoint_family: a.endpoint_family,
+            masquerade_ipv6: a.masquerade_ipv6,
             mtu: a.mtu.unwrap_or(wgmesh::cni::config::DEFAULT_MTU),
             ..MeshConfig::default()
         },
@@ -344,11 +381,20 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
             .await
         }
         DataPlaneKind::Wireguard => {
+            let nl = wgmesh::netlink::Netlink::connect().context("netlink")?;
+            let (backend, reason) = backend::choose(a.wireguard_backend.into(), &nl)
+                .await
+                .context("choosing the WireGuard backend")?;
+            drop(nl);
+            tracing::info!(backend = backend.as_str(), %reason, "WireGuard backend chosen");
             let dp_cfg = NodeDataPlaneConfig {
                 interface: cfg.mesh.interface.clone(),
                 listen_port: cfg.mesh.listen_port,
                 bridge: cfg.mesh.bridge.clone(),
-                uapi_dir: Some(wgmesh::wireguard::UAPI_DIR.into()),
+                // wg(8) reads the kernel's device over netlink.
+                uapi_dir: (backend == Backend::Userspace)
+                    .then(|| wgmesh::wireguard::UAPI_DIR.into()),
+                backend,
             };
             let t = telemetry.clone();
             agent::run(

@@ -22,8 +22,31 @@ pub mod annotation {
     /// User-set: a new value asks the node's agent to rotate its key
     /// (`wgmesh rotate-key` sets it to the current time).
     pub const ROTATE_KEY: &str = "wgmesh.io/rotate-key";
+    /// Agent-written when the node has endpoints of both families: all of them,
+    /// comma-separated (`wgmesh.io/endpoint` holds the first, for older agents).
+    pub const ENDPOINTS: &str = "wgmesh.io/endpoints";
+    /// Agent-written: where nodes in other locations reach this one (its ExternalIP and
+    /// the listen port), when it has a public address.
+    pub const PUBLIC_ENDPOINT: &str = "wgmesh.io/public-endpoint";
+    /// Agent-written: the endpoints this node saw other nodes' authenticated packets come
+    /// from, where that differs from what they publish (a NAT in between). JSON: public
+    /// key (base64) to `IP:port`.
+    pub const DISCOVERED_ENDPOINTS: &str = "wgmesh.io/discovered-endpoints";
+    /// Agent-written: nodes this node cannot reach directly (both behind NAT, no direct
+    /// handshake): that pair goes through a relay. JSON list of node names.
+    pub const NO_DIRECT_PATH: &str = "wgmesh.io/no-direct-path";
     /// Prefix of every wgmesh annotation.
     pub const PREFIX: &str = "wgmesh.io/";
+}
+
+/// Node labels the mesh reads.
+pub mod label {
+    /// Admin-set: the node's location (nodes of one location reach each other on their
+    /// private addresses).
+    pub const LOCATION: &str = "wgmesh.io/location";
+    /// Set by cloud providers and admins: the node's region, its location when
+    /// `wgmesh.io/location` is not set.
+    pub const REGION: &str = "topology.kubernetes.io/region";
 }
 
 /// What the mesh needs to know of one Kubernetes Node, as plain data (built from the
@@ -37,11 +60,24 @@ pub struct NodeView {
     pub pod_cidrs: Vec<String>,
     /// status.addresses as (type, address), in API order.
     pub addresses: Vec<(String, String)>,
+    /// Only the labels in [`label`].
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeView {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.get(key).map(String::as_str)
+    }
+
+    /// The node's location: `wgmesh.io/location`, else its region; `None` when it has
+    /// neither (a location of its own).
+    pub fn location(&self) -> Option<&str> {
+        [label::LOCATION, label::REGION]
+            .iter()
+            .find_map(|k| self.labels.get(*k))
+            .map(String::as_str)
+            .filter(|l| !l.is_empty())
     }
 }
 
@@ -69,6 +105,40 @@ impl FromStr for AddressType {
             "InternalIP" => Ok(AddressType::InternalIP),
             "ExternalIP" => Ok(AddressType::ExternalIP),
             other => Err(format!("{other:?} is not InternalIP or ExternalIP")),
+        }
+    }
+}
+
+/// Which address family of the nodes' addresses carries the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EndpointFamily {
+    /// Every family the node has; a pair uses the one both nodes have, IPv6 when both
+    /// have both.
+    #[default]
+    Auto,
+    Ipv4,
+    Ipv6,
+}
+
+impl EndpointFamily {
+    /// Whether an endpoint address of this family may be used.
+    pub fn allows(self, ip: &IpAddr) -> bool {
+        match self {
+            EndpointFamily::Auto => true,
+            EndpointFamily::Ipv4 => ip.is_ipv4(),
+            EndpointFamily::Ipv6 => ip.is_ipv6(),
+        }
+    }
+}
+
+impl FromStr for EndpointFamily {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EndpointFamily::Auto),
+            "ipv4" => Ok(EndpointFamily::Ipv4),
+            "ipv6" => Ok(EndpointFamily::Ipv6),
+            other => Err(format!("{other:?} is not ipv4, ipv6 or auto")),
         }
     }
 }

@@ -145,6 +145,8 @@ mod tests {
                         allowed_ips: vec![format!("10.244.{i}.0/24").parse().unwrap()],
                         persistent_keepalive: None,
                         allowed_destinations: Vec::new(),
+                        endpoint_source: Default::default(),
+                        via: None,
                     },
                 )
             })

@@ -54,6 +54,54 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// The backoff of a watch that may fail for a long time (the Peer watch of a cluster
+/// without the CRD): from 1 s doubling to 15 s. Each reconnect yields an `Init`
+/// event before its list fails, and kube-runtime resets the backoff on every event, so a
+/// reset takes effect only once the watch ran for [`QuietBackoff::STABLE`] without
+/// an error.
+#[derive(Debug, Clone)]
+pub struct QuietBackoff {
+    next: Duration,
+    last_failure: Option<std::time::Instant>,
+}
+
+impl QuietBackoff {
+    pub const MIN: Duration = Duration::from_secs(1);
+    pub const MAX: Duration = Duration::from_secs(15);
+    pub const STABLE: Duration = Duration::from_secs(120);
+}
+
+impl Default for QuietBackoff {
+    fn default() -> Self {
+        QuietBackoff {
+            next: Self::MIN,
+            last_failure: None,
+        }
+    }
+}
+
+impl Iterator for QuietBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        self.last_failure = Some(std::time::Instant::now());
+        Some(jittered(delay))
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuietBackoff {
+    fn reset(&mut self) {
+        if self
+            .last_failure
+            .is_none_or(|t| t.elapsed() >= Self::STABLE)
+        {
+            self.next = Self::MIN;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +118,18 @@ mod tests {
         );
         let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
         assert!(distinct.len() > 100, "jitter varies");
+    }
+
+    #[test]
+    fn a_watch_that_keeps_failing_backs_off_to_a_minute_through_its_init_events() {
+        let mut b = QuietBackoff::default();
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            // Every reconnect: an Init event (a reset), then the failure.
+            b.reset();
+            last = b.next().unwrap();
+        }
+        assert!(last >= QuietBackoff::MAX.mul_f64(0.75), "{last:?}");
     }
 
     #[test]

@@ -885,12 +885,17 @@ fn the_admission_policy_confines_the_agent_to_its_own_node() {
         BTreeSet::from([
             annotation::PUBLIC_KEY,
             annotation::ENDPOINT,
-            annotation::POD_CIDRS
+            annotation::ENDPOINTS,
+            annotation::POD_CIDRS,
+            annotation::PUBLIC_ENDPOINT,
+            annotation::DISCOVERED_ENDPOINTS,
+            annotation::NO_DIRECT_PATH,
         ])
     );
     assert!(keys.iter().all(|k| k.starts_with(annotation::PREFIX)));
     assert!(!keys.contains(annotation::FORCE_ENDPOINT));
     assert!(!keys.contains(annotation::PERSISTENT_KEEPALIVE));
+    assert!(!keys.contains(annotation::ROTATE_KEY));
     for v in spec.validations.iter().flatten() {
         assert_eq!(v.reason.as_deref(), Some("Forbidden"));
         assert!(v.message.is_some(), "{}", v.expression);

@@ -555,7 +555,9 @@ fn a_packet_thread_that_panics_is_counted_and_restarted_and_traffic_flows_on() {
         "/nonexistent".into(),
         Duration::from_secs(30),
     );
-    telemetry.set_device(Some(Arc::clone(&dev)));
+    telemetry.set_device(Some(wgmesh::dataplane::backend::WgDevice::Userspace(
+        Arc::clone(&dev),
+    )));
     assert!(dev.threads_alive());
     // The IPv6 receiver wakes only for an IPv6 datagram: A's loopback gets IPv6 back.
     sysctl(&under.a, "net.ipv6.conf.lo.disable_ipv6", "0");

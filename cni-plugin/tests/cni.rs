@@ -326,7 +326,7 @@ fn errors_carry_the_spec_codes_and_change_nothing() {
     // 7: invalid configuration.
     for (key, value) in [
         ("subnets", json!(["10.244.11.0/33"])),
-        ("subnets", json!(["fd00::/64"])),
+        ("subnets", json!(["fd00::/64", "fd01::/64"])),
         ("subnets", json!([])),
         ("mtu", json!(0)),
         ("mtu", json!(65536)),
@@ -534,4 +534,121 @@ fn add_refuses_with_try_again_later_while_the_node_guard_is_missing_and_changes_
         .expect_ok("DEL works without the guard");
     node.del("guard-2", Some(&other))
         .expect_ok("DEL of a refused ADD is fine");
+}
+
+/// The IPv6 addresses of an ADD result, without prefix.
+fn ipv6_of(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter(|a| a.contains(':'))
+        .filter_map(|a| a.split('/').next().map(String::from))
+        .collect()
+}
+
+/// True when `ns` gets an answer to one ping6 of `addr` (DAD done within 5 s).
+fn ping6(ns: &TestNs, addr: &str) -> bool {
+    wait_until(Duration::from_secs(5), &format!("ping6 {addr}"), || {
+        ns.exec("ping", ["-6", "-c", "1", "-W", "1", addr])
+            .status
+            .success()
+            .then_some(())
+    });
+    true
+}
+
+#[test]
+fn an_ipv6_only_node_serves_add_check_del_and_gc() {
+    require_root!();
+    let node = Node::new(&["fd00:10:244:20::/64"]);
+    let (a, b) = (TestNs::new("pod"), TestNs::new("pod"));
+    let ra = node.add("v6-a", &a).expect_ok("ADD a");
+    let rb = node.add("v6-b", &b).expect_ok("ADD b");
+    assert_eq!(ipv6_of(&ra), ["fd00:10:244:20::2"], "{ra}");
+    assert_eq!(ra["ips"].as_array().map(Vec::len), Some(1), "no IPv4: {ra}");
+    assert_eq!(ra["ips"][0]["gateway"], "fd00:10:244:20::1");
+    assert_eq!(
+        ra["routes"],
+        json!([{"dst": "::/0", "gw": "fd00:10:244:20::1"}])
+    );
+    let bridge: Value =
+        serde_json::from_str(&node.ip(&["-j", "link", "show", "wgmesh-br"])).unwrap();
+    assert!(
+        bridge[0]["address"].as_str().unwrap().starts_with("0a:58:"),
+        "{bridge}"
+    );
+    assert!(ping6(&a, &ipv6_of(&rb)[0]), "pod to pod");
+    assert!(ping6(&b, "fd00:10:244:20::1"), "pod to its gateway");
+    node.check("v6-a", &a, &ra).expect_ok("CHECK");
+    node.del("v6-b", Some(&b)).expect_ok("DEL");
+    assert_eq!(node.leases(), ["fd00:10:244:20::2"]);
+    let mut conf = node.conf.clone();
+    conf["cni.dev/valid-attachments"] = json!([]);
+    node.invoke(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        &conf.to_string(),
+    )
+    .expect_ok("GC");
+    assert!(node.leases().is_empty(), "GC released the IPv6 lease");
+}
+
+#[test]
+fn an_ipv6_slash_125_hands_out_exactly_six_addresses_then_errors() {
+    require_root!();
+    // Eight addresses: the subnet-router anycast (::0) and the gateway (::1) are never
+    // handed out; IPv6 has no broadcast.
+    let node = Node::new(&["fd00:10:244:21::/125"]);
+    let pods: Vec<TestNs> = (0..7).map(|_| TestNs::new("pod")).collect();
+    let got: Vec<String> = pods
+        .iter()
+        .take(6)
+        .enumerate()
+        .flat_map(|(i, p)| ipv6_of(&node.add(&format!("s125-{i}"), p).expect_ok("ADD")))
+        .collect();
+    let want: Vec<String> = (2..=7).map(|i| format!("fd00:10:244:21::{i}")).collect();
+    assert_eq!(got, want);
+    let seventh = node.add("s125-6", &pods[6]);
+    assert_eq!(seventh.code(), 102, "{seventh:?}");
+    assert!(
+        seventh.stdout.contains("fd00:10:244:21::/125"),
+        "{seventh:?}"
+    );
+    assert_eq!(node.leases().len(), 6);
+}
+
+#[test]
+fn a_dual_stack_pod_gets_one_address_of_each_family_in_one_result() {
+    require_root!();
+    let node = Node::new(&["10.244.22.0/24", "fd00:10:244:22::/64"]);
+    let pod = TestNs::new("pod");
+    let r = node.add("ds", &pod).expect_ok("ADD");
+    assert_eq!(ipv4_of(&r), "10.244.22.2");
+    assert_eq!(ipv6_of(&r), ["fd00:10:244:22::2"]);
+    let routes: Vec<&str> = r["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert_eq!(routes, ["0.0.0.0/0", "::/0"]);
+    assert!(ping6(&pod, "fd00:10:244:22::1"));
+    assert!(pod.ping("10.244.22.1"));
+    // Refused configurations say why: two of a family, or no subnet at all.
+    for (subnets, want) in [
+        (json!(["fd00:1::/64", "fd00:2::/64"]), "more than one IPv6"),
+        (json!([]), "\"subnets\" is required"),
+    ] {
+        let mut conf = node.conf.clone();
+        conf["subnets"] = subnets;
+        let other = TestNs::new("pod");
+        let refused = node.cmd("ADD", "bad", Some(&other.path()), "eth0", &conf);
+        assert_eq!(refused.code(), 7);
+        let details = refused.json()["details"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(details.contains(want), "{details}");
+    }
 }

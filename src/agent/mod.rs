@@ -8,6 +8,7 @@
 //! pass is retried with backoff; the agent never exits because of another node's data.
 
 pub mod identity;
+pub mod paths;
 mod reconcile;
 pub mod state;
 
@@ -35,6 +36,8 @@ pub const CONFLIST_VERSION: &str = "1.0.0";
 
 /// Bursts of Node events within this window become one reconcile pass.
 const COALESCE: Duration = Duration::from_millis(20);
+/// How often the data plane's view of peers' paths is read (a pass follows a change).
+const PATHS_EVERY: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -180,6 +183,9 @@ where
 
     let dataplane_changed = dataplane.changed();
     let mut resync = tokio::time::interval(cfg.resync_interval);
+    // Peers' paths (NATs, relays) change with traffic, not with API events.
+    let mut paths_tick = tokio::time::interval(PATHS_EVERY);
+    paths_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = RETRY_MIN;
     tokio::pin!(shutdown);
@@ -204,6 +210,11 @@ where
                 }
             }
             _ = resync.tick() => {}
+            _ = paths_tick.tick() => {
+                if !reconciler.observe(&dataplane) {
+                    continue;
+                }
+            }
             _ = async {
                 match &dataplane_changed {
                     Some(n) => n.notified().await,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
+use super::paths::PathTracker;
 use super::{AgentConfig, CONFLIST, CONFLIST_VERSION, Error, state};
 
 /// The last key-rotation request handled, in the state directory.
@@ -36,6 +37,8 @@ pub struct Reconciler {
     condition: Option<NetworkCondition>,
     /// Why this node gives no pod a network (its own configuration), if it does not.
     blocked: Option<String>,
+    /// What the data plane sees of peers' paths (NAT traversal, relays).
+    paths: PathTracker,
     nl: Netlink,
 }
 
@@ -55,6 +58,7 @@ impl Reconciler {
             last_plan: None,
             condition: None,
             blocked: None,
+            paths: PathTracker::default(),
             nl: Netlink::connect()?,
         })
     }
@@ -67,6 +71,7 @@ impl Reconciler {
     ) -> Result<(), Error> {
         let me = self.cfg.node_name.clone();
         self.refresh_parsed(nodes);
+        self.observe(dataplane);
         let local = nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(me.as_str()));
@@ -81,7 +86,9 @@ impl Reconciler {
             Some(node) => {
                 let view = translate::node_view(node);
                 self.rotate_if_requested(&view, dataplane)?;
-                let ad = mesh::advertise(&view, &self.public_key, &self.cfg.mesh);
+                let report = self.paths.report();
+                let ad = mesh::advertise(&view, &self.public_key, &self.cfg.mesh)
+                    .map(|ad| ad.with_paths(&report.discovered, &report.no_direct));
                 if let Ok(ad) = &ad {
                     self.detect_mtu(ad).await?;
                 }
@@ -89,7 +96,14 @@ impl Reconciler {
                     Ok(ad) if ad.is_published_on(&view) => published = true,
                     Ok(ad) => {
                         publish::advertisement(&self.nodes, &me, &ad).await?;
-                        tracing::info!(endpoint = %ad.endpoint, pod_cidrs = %ad.pod_subnets.to_annotation(), "published advertisement");
+                        tracing::info!(
+                            endpoint = ?ad.endpoint.as_ref().map(ToString::to_string),
+                            public_endpoint = ?ad.public_endpoint.as_ref().map(ToString::to_string),
+                            pod_cidrs = %ad.pod_subnets.to_annotation(),
+                            discovered = ad.discovered.as_deref().unwrap_or(""),
+                            no_direct = ad.no_direct.as_deref().unwrap_or(""),
+                            "published advertisement"
+                        );
                         published = true;
                     }
                     Err(problem) => {
@@ -105,12 +119,13 @@ impl Reconciler {
 
         // 2. The mesh.
         let external: Vec<mesh::ParsedPeer> = peers.iter().map(mesh::parse_peer).collect();
-        let plan = mesh::plan(
+        let plan = mesh::plan_with(
             &me,
             Some(&self.public_key),
             self.parsed.values().map(|(_, p)| p),
             &external,
             &self.cfg.mesh,
+            &self.paths.report().observed,
         );
         for (node, problems) in &plan.rejected {
             let reportable: Vec<_> = problems.iter().filter(|p| p.is_reportable()).collect();
@@ -231,27 +246,72 @@ impl Reconciler {
         Ok(true)
     }
 
+    /// Reads the data plane's view of its peers' paths (observed endpoints, direct paths
+    /// behind NAT), probes direct paths that are due, and returns whether what the plan
+    /// and the advertisement derive from it changed (then a pass is due).
+    pub fn observe<D: DataPlane>(&mut self, dataplane: &D) -> bool {
+        let Some(plan) = &self.last_plan else {
+            return false;
+        };
+        let seen = dataplane.peer_paths();
+        let parsed = &self.parsed;
+        let nodes = |name: &str| parsed.get(name).map(|(_, p)| p);
+        let published = mesh::paths::Discoveries::collect(parsed.values().map(|(_, p)| p));
+        let (probe, changed) = self.paths.update(
+            std::time::Instant::now(),
+            &self.cfg.node_name,
+            &nodes,
+            &published,
+            plan,
+            &seen,
+        );
+        if !probe.is_empty() {
+            tracing::debug!(peers = probe.len(), "probing direct paths");
+            if let Err(e) = dataplane.probe(&probe) {
+                tracing::warn!(error = %e, "cannot probe direct paths");
+            }
+        }
+        if changed {
+            let r = self.paths.report();
+            tracing::info!(
+                discovered = r.discovered.len(),
+                no_direct = ?r.no_direct,
+                "peer paths changed"
+            );
+        }
+        changed
+    }
+
     /// Why this node gives no pod a network, if its own configuration is wrong.
     pub fn blocked(&self) -> Option<&str> {
         self.blocked.as_deref()
     }
 
-    /// The mesh MTU from the underlay: the interface holding the node's endpoint address,
-    /// minus WireGuard's worst-case overhead (IPv6 40 + UDP 8 + WireGuard 32 = 80).
+    /// The mesh MTU from the underlay: the interfaces holding the node's endpoint
+    /// addresses, each minus its family's tunnel overhead (`mesh::mtu_from_underlay`).
     async fn detect_mtu(&mut self, ad: &mesh::Advertisement) -> Result<(), Error> {
-        const OVERHEAD: u32 = 80;
         if !self.cfg.mtu_from_underlay {
             return Ok(());
         }
-        let crate::model::Host::Ip(ip) = ad.endpoint.host else {
-            return Ok(());
-        };
-        if let Some(link) = self.nl.link_with_address(ip).await? {
-            let mtu = link.mtu.saturating_sub(OVERHEAD).max(1280);
-            if mtu != self.cfg.mesh.mtu {
-                tracing::info!(underlay = %link.name, underlay_mtu = link.mtu, mtu, "mesh MTU from the underlay");
-                self.cfg.mesh.mtu = mtu;
+        let mut links = Vec::new();
+        for e in &ad.endpoints {
+            let crate::model::Host::Ip(ip) = e.host else {
+                continue;
+            };
+            if let Some(link) = self.nl.link_with_address(ip).await? {
+                links.push((ip.is_ipv6(), link.mtu, link.name));
             }
+        }
+        let sizes: Vec<(bool, u32)> = links.iter().map(|(v6, m, _)| (*v6, *m)).collect();
+        if let Some(mtu) = mesh::mtu_from_underlay(&sizes)
+            && mtu != self.cfg.mesh.mtu
+        {
+            let underlay: Vec<String> = links
+                .iter()
+                .map(|(v6, m, name)| format!("{name} {m} ({})", if *v6 { "IPv6" } else { "IPv4" }))
+                .collect();
+            tracing::info!(underlay = ?underlay, mtu, "mesh MTU from the underlay");
+            self.cfg.mesh.mtu = mtu;
         }
         Ok(())
     }

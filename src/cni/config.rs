@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(c.mtu, 1420);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/cni/networks"));
         assert_eq!(c.ipam_dir(), PathBuf::from("/var/lib/cni/networks/wgmesh"));
-        assert_eq!(c.subnets.v4.to_string(), "10.244.1.0/24");
+        assert_eq!(
+            c.subnets.v4.map(|n| n.to_string()).as_deref(),
+            Some("10.244.1.0/24")
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! A node's pod subnets: one IPv4 subnet, optionally one IPv6 subnet. Pure.
+//! A node's pod subnets: at most one per address family, at least one (IPv4-only,
+//! dual-stack and IPv6-only clusters). Pure.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -11,8 +12,8 @@ pub enum SubnetError {
     NotACidr(String),
     #[error("{0} has host bits set (did you mean {1}?)")]
     HostBitsSet(IpNet, IpNet),
-    #[error("no IPv4 subnet given (an IPv4 subnet is required)")]
-    NoIpv4,
+    #[error("no subnet given (at least one: an IPv4 and/or an IPv6 CIDR)")]
+    Empty,
     #[error("more than one {0} subnet given ({1} and {2}); at most one per address family")]
     TwoOfAFamily(&'static str, IpNet, IpNet),
     #[error("{0} is too small for pods (need at least /{1})")]
@@ -24,7 +25,7 @@ pub enum SubnetError {
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct PodSubnets {
-    pub v4: Ipv4Net,
+    pub v4: Option<Ipv4Net>,
     pub v6: Option<Ipv6Net>,
 }
 
@@ -78,38 +79,37 @@ impl PodSubnets {
                 }
             }
         }
-        Ok(Self {
-            v4: v4.ok_or(SubnetError::NoIpv4)?,
-            v6,
-        })
+        if v4.is_none() && v6.is_none() {
+            return Err(SubnetError::Empty);
+        }
+        Ok(Self { v4, v6 })
     }
 
     /// Every subnet, IPv4 first.
     pub fn nets(&self) -> impl Iterator<Item = IpNet> + '_ {
-        std::iter::once(IpNet::V4(self.v4)).chain(self.v6.map(IpNet::V6))
+        self.v4
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(self.v6.map(IpNet::V6))
     }
 
     /// The IPv4 gateway: the first usable address of the subnet, held by the bridge.
-    pub fn gateway_v4(&self) -> Ipv4Addr {
-        first_host_v4(self.v4)
+    pub fn gateway_v4(&self) -> Option<Ipv4Addr> {
+        self.v4.map(first_host_v4)
     }
 
-    /// The IPv6 gateway, when the node is dual-stack.
+    /// The IPv6 gateway.
     pub fn gateway_v6(&self) -> Option<Ipv6Addr> {
         self.v6.map(first_host_v6)
     }
 
     /// The gateway address of each subnet with its prefix, as configured on the bridge.
     pub fn gateways(&self) -> Vec<IpNet> {
-        let mut out = vec![IpNet::V4(
-            Ipv4Net::new(self.gateway_v4(), self.v4.prefix_len()).expect("prefix of a valid net"),
-        )];
-        if let (Some(net), Some(gw)) = (self.v6, self.gateway_v6()) {
-            out.push(IpNet::V6(
-                Ipv6Net::new(gw, net.prefix_len()).expect("prefix of a valid net"),
-            ));
-        }
-        out
+        self.nets()
+            .map(|net| {
+                IpNet::new(self.gateway_of(net), net.prefix_len()).expect("prefix of a valid net")
+            })
+            .collect()
     }
 
     /// The gateway for a given subnet of this node.
@@ -124,7 +124,17 @@ impl PodSubnets {
     /// gateway (the `0a:58` convention of OVN-Kubernetes), so pods' neighbour entries for
     /// the gateway stay valid when the bridge is recreated and ports come and go.
     pub fn bridge_mac(&self) -> [u8; 6] {
-        let o = self.gateway_v4().octets();
+        // IPv6-only: the XOR of the prefix's 32-bit words (nodes' /64s of one /56
+        // differ only in their upper half), so each node's bridge gets its own MAC.
+        let o = match (self.gateway_v4(), self.v6) {
+            (Some(gw), _) => gw.octets(),
+            (None, Some(net)) => {
+                let n = u128::from(net.network());
+                let folded = ((n >> 64) as u32) ^ ((n >> 96) as u32) ^ (n as u32) ^ 1;
+                folded.to_be_bytes()
+            }
+            (None, None) => [0; 4],
+        };
         [0x0a, 0x58, o[0], o[1], o[2], o[3]]
     }
 
@@ -151,23 +161,24 @@ mod tests {
 
     #[test]
     fn parse_accepts_the_documented_shapes() {
-        let cases: &[(&[&str], &str, Option<&str>)] = &[
-            (&["10.244.1.0/24"], "10.244.1.0/24", None),
+        let cases: &[(&[&str], Option<&str>, Option<&str>)] = &[
+            (&["10.244.1.0/24"], Some("10.244.1.0/24"), None),
             (
                 &["10.244.1.0/24", "fd00:10:244:1::/64"],
-                "10.244.1.0/24",
+                Some("10.244.1.0/24"),
                 Some("fd00:10:244:1::/64"),
             ),
             (
                 &["fd00:10:244:1::/64", "10.244.1.0/24"],
-                "10.244.1.0/24",
+                Some("10.244.1.0/24"),
                 Some("fd00:10:244:1::/64"),
             ),
-            (&[" 10.244.0.0/30 "], "10.244.0.0/30", None),
+            (&[" 10.244.0.0/30 "], Some("10.244.0.0/30"), None),
+            (&["fd00:10:244:1::/64"], None, Some("fd00:10:244:1::/64")),
         ];
         for (input, v4, v6) in cases {
             let s = PodSubnets::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
-            assert_eq!(s.v4.to_string(), *v4, "{input:?}");
+            assert_eq!(s.v4.map(|n| n.to_string()).as_deref(), *v4, "{input:?}");
             assert_eq!(s.v6.map(|n| n.to_string()).as_deref(), *v6, "{input:?}");
         }
     }
@@ -175,8 +186,7 @@ mod tests {
     #[test]
     fn parse_rejects_what_cannot_be_a_node_subnet() {
         let cases: &[(&[&str], &str)] = &[
-            (&[], "no IPv4 subnet"),
-            (&["fd00::/64"], "no IPv4 subnet"),
+            (&[], "no subnet given"),
             (&["10.244.1.0"], "is not a CIDR"),
             (&["10.244.1.0/33"], "is not a CIDR"),
             (&["banana"], "is not a CIDR"),
@@ -201,11 +211,18 @@ mod tests {
     #[test]
     fn gateways_are_the_first_usable_addresses() {
         let s = PodSubnets::parse(&["10.244.7.0/24", "fd00:10:244:7::/64"]).unwrap();
-        assert_eq!(s.gateway_v4(), Ipv4Addr::new(10, 244, 7, 1));
+        assert_eq!(s.gateway_v4(), Some(Ipv4Addr::new(10, 244, 7, 1)));
         assert_eq!(s.gateway_v6(), Some("fd00:10:244:7::1".parse().unwrap()));
         let gws: Vec<String> = s.gateways().iter().map(|g| g.to_string()).collect();
         assert_eq!(gws, ["10.244.7.1/24", "fd00:10:244:7::1/64"]);
         assert_eq!(s.bridge_mac(), [0x0a, 0x58, 10, 244, 7, 1]);
         assert_eq!(s.to_annotation(), "10.244.7.0/24,fd00:10:244:7::/64");
+        let v6 = PodSubnets::parse(&["fd00:10:244:7::/64"]).unwrap();
+        assert_eq!(v6.gateway_v4(), None);
+        let gws: Vec<String> = v6.gateways().iter().map(|g| g.to_string()).collect();
+        assert_eq!(gws, ["fd00:10:244:7::1/64"]);
+        let other = PodSubnets::parse(&["fd00:10:244:8::/64"]).unwrap();
+        assert_ne!(v6.bridge_mac(), other.bridge_mac(), "one MAC per node");
+        assert_eq!(v6.bridge_mac()[..2], [0x0a, 0x58]);
     }
 }

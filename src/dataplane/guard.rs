@@ -80,7 +80,12 @@ pub fn early(cfg: &MeshConfig, saved: Option<&MeshPlan>) -> (BTreeSet<IpNet>, Fi
     fw.guarded.extend(prefixes.iter().copied());
     // A pod that gets a network before the first full plan (its CIDR is only known
     // then) must not reach the outside with its own address: masquerade every pod range.
-    fw.masquerade_from.extend(cfg.cluster_cidrs.iter().copied());
+    fw.masquerade_from.extend(
+        cfg.cluster_cidrs
+            .iter()
+            .filter(|n| cfg.masquerade_ipv6 || n.addr().is_ipv4())
+            .copied(),
+    );
     (prefixes, fw)
 }
 

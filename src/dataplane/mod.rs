@@ -1,6 +1,7 @@
 //! Adapters that put a node's desired network state into the kernel. Each owns what it
 //! creates and is idempotent: run it again and it changes nothing.
 
+pub mod backend;
 pub mod bridge;
 pub mod firewall;
 pub mod guard;
@@ -23,6 +24,16 @@ pub enum Error {
     Other(String),
 }
 
+/// What the data plane sees of one peer's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPath {
+    /// Where its authenticated packets come from (or the configured endpoint).
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub last_handshake: Option<std::time::SystemTime>,
+    /// Bytes of authenticated datagrams received from it.
+    pub rx_bytes: u64,
+}
+
 /// What the agent's reconcile loop drives: make the node's packet path match a plan.
 /// Implementations must be idempotent (the loop applies the same plan again on every
 /// resync) and change only what differs.
@@ -35,6 +46,17 @@ pub trait DataPlane: Send {
 
     /// True once the node can carry pod traffic as planned.
     fn is_ready(&self) -> bool;
+
+    /// What the data plane sees of each peer's path: where its packets come from, its
+    /// last handshake, the bytes received. Empty without a WireGuard device.
+    fn peer_paths(&self) -> std::collections::BTreeMap<crate::key::PublicKey, PeerPath> {
+        std::collections::BTreeMap::new()
+    }
+
+    /// Starts a handshake with each of `peers` now (probing a direct path).
+    fn probe(&self, _peers: &[crate::key::PublicKey]) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Notified when the data plane learned something that changes how a plan applies
     /// (an endpoint name resolved): the agent applies its plan again.

@@ -1,12 +1,14 @@
-//! The node's data plane: the pod bridge, the in-process WireGuard device `wgmesh0`
-//! and its peers, the mesh routes, the nftables table and the sysctls, kept equal to
-//! the agent's plan. Adapter; each pass changes only what differs.
+//! The node's data plane: the pod bridge, the WireGuard device `wgmesh0` (in-process,
+//! or the kernel's: see [`super::backend`]) and its peers, the mesh routes, the
+//! nftables table and the sysctls, kept equal to the agent's plan. Adapter; each pass
+//! changes only what differs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::backend::{Backend, WgDevice};
 use super::resolve::Resolver;
 use super::{DataPlane, Error, bridge, firewall, peers, routes};
 use crate::key::{PrivateKey, PublicKey};
@@ -22,8 +24,10 @@ pub struct NodeDataPlaneConfig {
     pub interface: String,
     pub listen_port: u16,
     pub bridge: String,
-    /// Where the UAPI socket goes (`wg show` reads it), `None` for no UAPI.
+    /// Where the UAPI socket goes (`wg show` reads it), `None` for no UAPI. Userspace
+    /// only: `wg` reads the kernel's device over netlink.
     pub uapi_dir: Option<PathBuf>,
+    pub backend: Backend,
 }
 
 /// The real data plane of a node.
@@ -31,7 +35,7 @@ pub struct NodeDataPlane {
     cfg: NodeDataPlaneConfig,
     key: PrivateKey,
     nl: Netlink,
-    device: Option<Arc<Device>>,
+    device: Option<WgDevice>,
     telemetry: Option<Arc<Telemetry>>,
     /// Endpoints the last plan asked for, by peer (see `peers::updates`).
     last_endpoints: BTreeMap<PublicKey, Option<SocketAddr>>,
@@ -73,9 +77,86 @@ impl NodeDataPlane {
     /// Starts the device if it is missing or its interface went away (deleted by hand:
     /// it is recreated, with the same key and port).
     async fn ensure_device(&mut self, mtu: u32) -> Result<Link, Error> {
+        match self.cfg.backend {
+            Backend::Userspace => self.ensure_userspace_device(mtu).await?,
+            Backend::Kernel => self.ensure_kernel_device().await?,
+        }
+        let link = self
+            .nl
+            .link_by_name(&self.cfg.interface)
+            .await?
+            .ok_or_else(|| {
+                other(format!(
+                    "{} vanished right after creation",
+                    self.cfg.interface
+                ))
+            })?;
+        if !link.up || link.mtu != mtu {
+            self.nl.set_up_with_mtu(link.index, mtu).await?;
+        }
+        Ok(link)
+    }
+
+    /// The kernel backend: a "wireguard" link with the node's key and port. A TUN under
+    /// the name is the userspace backend's (this node switched backends): it is
+    /// replaced; meanwhile the unreachable routes and the nftables guard drop pod
+    /// traffic to other nodes, never send it in clear.
+    async fn ensure_kernel_device(&mut self) -> Result<(), Error> {
+        let name = self.cfg.interface.clone();
+        let link = self.nl.link_by_name(&name).await?;
+        let create = match &link {
+            Some(l) if l.kind.as_deref() == Some(crate::wgkernel::LINK_KIND) => false,
+            Some(l) if l.kind.as_deref() == Some("tun") => {
+                tracing::warn!(interface = %name, "replacing the userspace backend's TUN with a kernel WireGuard link (backend switch); pod traffic to other nodes is dropped until its peers are set");
+                self.nl.delete_link(l.index).await?;
+                true
+            }
+            Some(l) => {
+                return Err(other(format!(
+                    "{name} exists and is a {} interface, not wgmesh's WireGuard device; remove it",
+                    l.kind.as_deref().unwrap_or("unknown")
+                )));
+            }
+            None => {
+                if self.device.is_some() {
+                    tracing::warn!(interface = %name, "WireGuard interface disappeared; recreating it");
+                }
+                true
+            }
+        };
+        if create {
+            crate::wgkernel::create_link(&self.nl, &name).await?;
+            self.last_endpoints.clear();
+        }
+        if !matches!(self.device, Some(WgDevice::Kernel(_))) {
+            let dev = crate::wgkernel::KernelDevice::open(&name)
+                .map_err(|e| other(format!("kernel WireGuard for {name}: {e}")))?;
+            self.device = Some(WgDevice::Kernel(Arc::new(dev)));
+            self.publish_device();
+        }
+        let device = self
+            .device
+            .as_ref()
+            .ok_or_else(|| other("no WireGuard device"))?;
+        let status = device.status()?;
+        if status.private_key.as_ref() != Some(&self.key)
+            || status.listen_port != self.cfg.listen_port
+        {
+            device.apply(&ConfigUpdate {
+                private_key: Some(Some(self.key.clone())),
+                listen_port: Some(self.cfg.listen_port),
+                ..ConfigUpdate::default()
+            })?;
+            tracing::info!(interface = %name, port = self.cfg.listen_port, backend = "kernel", "WireGuard device up");
+        }
+        Ok(())
+    }
+
+    /// The userspace backend: the in-process device on a persistent TUN.
+    async fn ensure_userspace_device(&mut self, mtu: u32) -> Result<(), Error> {
         let link = self.nl.link_by_name(&self.cfg.interface).await?;
         let alive = match (&self.device, &link) {
-            (Some(d), Some(l)) => {
+            (Some(WgDevice::Userspace(d)), Some(l)) => {
                 d.ifindex() == l.index && d.wait_timeout(std::time::Duration::ZERO).is_none()
             }
             _ => false,
@@ -85,7 +166,9 @@ impl NodeDataPlane {
                 tracing::warn!(interface = %self.cfg.interface, "WireGuard interface disappeared; recreating it");
                 // Every handle must go for the old device to release its port.
                 self.publish_device();
-                old.close();
+                if let WgDevice::Userspace(old) = &old {
+                    old.close();
+                }
                 drop(old);
                 self.last_endpoints.clear();
             }
@@ -113,6 +196,13 @@ impl NodeDataPlane {
                         Device::start(config)
                     }
                 },
+                // The kernel backend's link (this node switched backends): replaced,
+                // the guard dropping pod traffic meanwhile.
+                Some(l) if l.kind.as_deref() == Some(crate::wgkernel::LINK_KIND) => {
+                    tracing::warn!(interface = %self.cfg.interface, "replacing the kernel WireGuard link with the userspace backend's TUN (backend switch); pod traffic to other nodes is dropped until its peers are set");
+                    self.nl.delete_link(l.index).await?;
+                    Device::start(config)
+                }
                 // Someone else's interface holds the name: never delete it; report and
                 // retry (the routes stay absent meanwhile, so the unreachable routes
                 // drop pod traffic to other nodes).
@@ -131,35 +221,45 @@ impl NodeDataPlane {
                     .serve_uapi(dir, false)
                     .map_err(|e| other(format!("serving UAPI for {}: {e}", self.cfg.interface)))?;
             }
-            tracing::info!(interface = %self.cfg.interface, port = device.listen_port(), "WireGuard device up");
-            self.device = Some(Arc::new(device));
+            tracing::info!(interface = %self.cfg.interface, port = device.listen_port(), backend = "userspace", "WireGuard device up");
+            self.device = Some(WgDevice::Userspace(Arc::new(device)));
             self.publish_device();
         }
-        let link = self
-            .nl
-            .link_by_name(&self.cfg.interface)
-            .await?
-            .ok_or_else(|| {
-                other(format!(
-                    "{} vanished right after creation",
-                    self.cfg.interface
-                ))
-            })?;
-        if !link.up || link.mtu != mtu {
-            self.nl.set_up_with_mtu(link.index, mtu).await?;
-        }
-        Ok(link)
+        Ok(())
     }
 
     async fn sync_peers(&mut self, plan: &MeshPlan) -> Result<(), Error> {
         let mut desired = BTreeMap::new();
         // Nodes and external peers alike.
+        let device = self
+            .device
+            .as_ref()
+            .ok_or_else(|| other("no WireGuard device"))?;
+        let status = device.status()?.peers;
+        let working: std::collections::BTreeSet<PublicKey> = status
+            .iter()
+            .filter(|p| {
+                p.stats.last_handshake.is_some_and(|t| {
+                    t.elapsed()
+                        .is_ok_and(|age| age < crate::wireguard::SESSION_LIFETIME)
+                })
+            })
+            .map(|p| p.config.public_key)
+            .collect();
         for peer in plan.peers.values().chain(plan.external.values()) {
-            let endpoint = peer.endpoint.as_ref().and_then(|e| match &e.host {
-                Host::Ip(ip) => Some(SocketAddr::new(*ip, e.port)),
-                // `None` until resolved: the peer keeps its current endpoint.
-                Host::Dns(name) => self.resolver.get(name, e.port),
-            });
+            // An endpoint learnt from packets (any Node writer can publish one) never
+            // replaces the endpoint of a working session.
+            let keep_current =
+                peer.endpoint_source.is_discovered() && working.contains(&peer.public_key);
+            let endpoint = peer
+                .endpoint
+                .as_ref()
+                .filter(|_| !keep_current)
+                .and_then(|e| match &e.host {
+                    Host::Ip(ip) => Some(SocketAddr::new(*ip, e.port)),
+                    // `None` until resolved: the peer keeps its current endpoint.
+                    Host::Dns(name) => self.resolver.get(name, e.port),
+                });
             desired.insert(
                 peer.public_key,
                 PeerConfig {
@@ -171,11 +271,7 @@ impl NodeDataPlane {
                 },
             );
         }
-        let device = self
-            .device
-            .as_ref()
-            .ok_or_else(|| other("no WireGuard device"))?;
-        let update = peers::updates(&desired, &device.status().peers, &self.last_endpoints);
+        let update = peers::updates(&desired, &status, &self.last_endpoints);
         if !update.peers.is_empty() {
             device
                 .apply(&update)
@@ -232,12 +328,12 @@ impl DataPlane for NodeDataPlane {
             return Ok(());
         };
         device
-            .set_private_key(Some(key.clone()))
+            .set_private_key(key)
             .map_err(|e| other(format!("setting the new private key: {e}")))?;
         // Handshake with every peer now: as soon as a peer has learned the new key, its
         // answer restores the session, instead of at the next packet's retry (5 s).
         let peers = device
-            .status()
+            .status()?
             .peers
             .into_iter()
             .map(|p| PeerUpdate {
@@ -260,6 +356,48 @@ impl DataPlane for NodeDataPlane {
 
     fn changed(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.resolver.changed())
+    }
+
+    fn peer_paths(&self) -> BTreeMap<PublicKey, super::PeerPath> {
+        let Some(device) = &self.device else {
+            return BTreeMap::new();
+        };
+        device
+            .status()
+            .map(|s| s.peers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.config.public_key,
+                    super::PeerPath {
+                        endpoint: p.stats.endpoint,
+                        last_handshake: p.stats.last_handshake,
+                        rx_bytes: p.stats.rx_bytes,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn probe(&self, peers: &[PublicKey]) -> Result<(), Error> {
+        let Some(device) = &self.device else {
+            return Ok(());
+        };
+        let peers = peers
+            .iter()
+            .map(|k| PeerUpdate {
+                update_only: true,
+                handshake_now: true,
+                ..PeerUpdate::new(*k)
+            })
+            .collect();
+        device
+            .apply(&ConfigUpdate {
+                peers,
+                ..ConfigUpdate::default()
+            })
+            .map_err(|e| other(format!("probing direct paths: {e}")))
     }
 }
 

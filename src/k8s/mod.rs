@@ -10,6 +10,7 @@ pub mod translate;
 pub mod watch;
 
 use std::path::Path;
+use std::time::Duration;
 
 /// A Kubernetes API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,5 +52,40 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, Error> {
         }
         None => kube::Config::infer().await.map_err(Error::Infer)?,
     };
-    kube::Client::try_from(config).map_err(Error::Client)
+    connect(config)
+}
+
+/// How long an idle API connection waits before probing the server (TCP keepalive),
+/// then how often, and how many unanswered probes end it. A NAT gateway that restarts
+/// or is re-addressed forgets the connection of a long-lived watch without a word:
+/// without probes the agent would wait minutes for events that never come.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// kube-rs's client stack (TLS, timeouts, the server's base URI, credentials) on
+/// connections with TCP keepalive.
+fn connect(config: kube::Config) -> Result<kube::Client, Error> {
+    use kube::client::ConfigExt;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(Some(KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
+    let https = config
+        .rustls_https_connector_with_connector(http)
+        .map_err(Error::Client)?;
+    let mut timeouts = hyper_timeout::TimeoutConnector::new(https);
+    timeouts.set_connect_timeout(config.connect_timeout);
+    timeouts.set_read_timeout(config.read_timeout);
+    timeouts.set_write_timeout(config.write_timeout);
+    let client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(timeouts);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(Error::Client)?)
+        .map_err(tower::BoxError::from)
+        .service(client);
+    Ok(kube::Client::new(service, config.default_namespace))
 }

@@ -15,10 +15,11 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::translate::NETWORK_UNAVAILABLE;
-use crate::model::annotation;
+use crate::model::{annotation, label};
 
-/// Labels that place a node (its location, for the choice of endpoints).
-pub const LOCATION_LABELS: &[&str] = &["wgmesh.io/location", "topology.kubernetes.io/region"];
+/// Labels that place a node (its location, for the choice of endpoints): what
+/// `translate::node_view` keeps.
+pub const LOCATION_LABELS: &[&str] = &[label::LOCATION, label::REGION];
 
 /// `node` reduced to the fields wgmesh reads. `local` is this node's name: only its
 /// NetworkUnavailable condition is kept.

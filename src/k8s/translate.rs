@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::model::{NodeView, annotation};
+use crate::model::{NodeView, annotation, label};
 
 /// Condition a network plugin owns on every Node.
 pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
@@ -40,11 +40,19 @@ pub fn node_view(node: &Node) -> NodeView {
                 .collect()
         })
         .unwrap_or_default();
+    let labels = meta
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| [label::LOCATION, label::REGION].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     NodeView {
         name: meta.name.clone().unwrap_or_default(),
         annotations,
         pod_cidrs,
         addresses,
+        labels,
     }
 }
 

@@ -26,6 +26,16 @@ pub struct UpdateCounts {
     pub ignored: Arc<AtomicU64>,
 }
 
+/// Whether a watch event changed the store (and a reconcile pass is due): `Init`
+/// (every reconnect, even one that fails next) and `InitApply` (a relist in progress)
+/// do not.
+pub fn store_changed<K>(event: &watcher::Event<K>) -> bool {
+    matches!(
+        event,
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
+    )
+}
+
 /// A running Node watch: the store of every Node, and the task that fills it.
 pub struct NodeWatch {
     pub store: Store<Node>,
@@ -81,11 +91,7 @@ impl NodeWatch {
                             counts.ignored.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    // The store changes on these; `Init` (every reconnect, even one that
-                    // fails next) and `InitApply` (a relist in progress) do not need a pass.
-                    Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) => {
-                        changed.notify_one()
-                    }
+                    Ok(e) if store_changed(&e) => changed.notify_one(),
                     Ok(_) => {}
                     // The backoff wrapper retries; one line per failure is enough.
                     Err(e) => {

@@ -9,6 +9,7 @@
 pub mod advertise;
 pub mod conflicts;
 pub mod node;
+pub mod paths;
 pub mod peer;
 pub mod plan;
 pub mod problem;
@@ -19,12 +20,15 @@ use ipnet::IpNet;
 
 pub use advertise::{Advertisement, advertise};
 pub use node::{ParsedNode, parse};
+pub use paths::{EndpointSource, Observations};
 pub use peer::{ParsedPeer, PeerView, parse_peer};
-pub use plan::{FirewallPlan, LocalPlan, MeshPlan, PeerIngressPlan, PeerPlan, RoutePlan, plan};
+pub use plan::{
+    FirewallPlan, LocalPlan, MeshPlan, PeerIngressPlan, PeerPlan, RoutePlan, plan, plan_with,
+};
 pub use problem::{Problem, Warning};
 
 use crate::cni::{NetworkConfig, PodSubnets};
-use crate::model::AddressType;
+use crate::model::{AddressType, EndpointFamily};
 
 /// The agent's settings that shape the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,11 @@ pub struct MeshConfig {
     pub interface: String,
     pub listen_port: u16,
     pub address_type: AddressType,
+    /// Which family of the nodes' addresses the tunnel uses.
+    pub endpoint_family: EndpointFamily,
+    /// Masquerade pods' IPv6 traffic leaving the cluster (ULA pod ranges are not
+    /// routable); off for clusters whose IPv6 pod ranges are global.
+    pub masquerade_ipv6: bool,
     /// CNI network name, bridge and MTU written into the node's conflist.
     pub cni_network: String,
     pub bridge: String,
@@ -51,6 +60,8 @@ impl Default for MeshConfig {
             interface: "wgmesh0".into(),
             listen_port: 51820,
             address_type: AddressType::InternalIP,
+            endpoint_family: EndpointFamily::Auto,
+            masquerade_ipv6: true,
             cni_network: "wgmesh".into(),
             bridge: crate::cni::config::DEFAULT_BRIDGE.into(),
             mtu: crate::cni::config::DEFAULT_MTU,
@@ -70,6 +81,22 @@ impl MeshConfig {
             ipam_lock_timeout: crate::cni::config::DEFAULT_IPAM_LOCK_TIMEOUT,
         }
     }
+}
+
+/// The tunnel's share of each packet: IPv6 (40) or IPv4 (20) + UDP (8) + WireGuard (32).
+pub const fn tunnel_overhead(ipv6: bool) -> u32 {
+    if ipv6 { 80 } else { 60 }
+}
+
+/// The MTU of the mesh interface, the bridge and pods from the underlay links the
+/// tunnel may use, as (IPv6 underlay, link MTU): each link's MTU minus its family's
+/// overhead, the smallest of them (so where both families are in use, the larger
+/// overhead counts). `None` without a link.
+pub fn mtu_from_underlay(links: &[(bool, u32)]) -> Option<u32> {
+    links
+        .iter()
+        .map(|(v6, mtu)| mtu.saturating_sub(tunnel_overhead(*v6)))
+        .min()
 }
 
 /// The most of a value from a Node or Peer that an Event or a log line quotes: any

@@ -1,5 +1,8 @@
 //! One node's annotations and spec, validated: what the mesh may use of it. Pure.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -16,7 +19,21 @@ use crate::model::{Endpoint, NodeView, annotation};
 pub struct ParsedNode {
     pub name: String,
     pub public_key: Option<PublicKey>,
+    /// `wgmesh.io/endpoint`: the node's own address (private inside its location).
     pub endpoint: Option<Endpoint>,
+    /// Every own address it publishes (`wgmesh.io/endpoints`, else just `endpoint`),
+    /// one per family at most.
+    pub endpoints: Vec<Endpoint>,
+    /// `wgmesh.io/force-endpoint`: the administrator's override for other locations.
+    pub forced_endpoint: Option<Endpoint>,
+    /// `wgmesh.io/public-endpoint`: its public address, for other locations.
+    pub public_endpoint: Option<Endpoint>,
+    /// Its location (`wgmesh.io/location`, else its region); `None`: its own.
+    pub location: Option<String>,
+    /// The endpoints it observed for other nodes (by public key).
+    pub discovered: BTreeMap<PublicKey, SocketAddr>,
+    /// Nodes it cannot reach directly (their pair goes through a relay).
+    pub no_direct: BTreeSet<String>,
     pub pod_subnets: Option<PodSubnets>,
     /// `pod_subnets` come from spec.podCIDRs (the controller-manager's allocation), not
     /// only from the `wgmesh.io/pod-cidrs` annotation that any Node writer can set.
@@ -72,29 +89,62 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
         },
     };
 
-    // A user's force-endpoint beats what the node's agent published.
-    let endpoint_key = if view.annotation(annotation::FORCE_ENDPOINT).is_some() {
-        annotation::FORCE_ENDPOINT
-    } else {
-        annotation::ENDPOINT
-    };
-    let endpoint = match view.annotation(endpoint_key) {
-        None => {
-            problems.push(Problem::MissingAnnotation {
-                key: annotation::ENDPOINT,
-            });
-            None
-        }
-        // The agent publishes an IP address; only an administrator's force-endpoint may
-        // name a host (resolved by the data plane, off the reconcile path).
-        Some(s) => match Endpoint::parse(s, endpoint_key == annotation::FORCE_ENDPOINT) {
+    // The agent publishes an IP address; only an administrator's force-endpoint may
+    // name a host (resolved by the data plane, off the reconcile path).
+    let forced = endpoint_annotation(view, annotation::FORCE_ENDPOINT, true, &mut problems);
+    let endpoint = endpoint_annotation(view, annotation::ENDPOINT, false, &mut problems);
+    if forced.is_none()
+        && endpoint.is_none()
+        && view.annotation(annotation::FORCE_ENDPOINT).is_none()
+        && view.annotation(annotation::ENDPOINT).is_none()
+    {
+        problems.push(Problem::MissingAnnotation {
+            key: annotation::ENDPOINT,
+        });
+    }
+    // What only guides the choice of a path: a bad value is ignored with a warning,
+    // never a reason to leave the node out.
+    let public_endpoint = match view.annotation(annotation::PUBLIC_ENDPOINT) {
+        None => None,
+        Some(s) => match Endpoint::parse(s, false) {
             Ok(e) => Some(e),
             Err(e) => {
-                problems.push(Problem::bad_endpoint(endpoint_key, s, e));
+                warnings.push(Warning::InvalidAnnotation {
+                    key: annotation::PUBLIC_ENDPOINT,
+                    error: super::bounded(&e.to_string()).into_owned(),
+                });
                 None
             }
         },
     };
+    let endpoints = match view.annotation(annotation::ENDPOINTS) {
+        None => endpoint.iter().cloned().collect(),
+        Some(list) => {
+            let mut all = Vec::new();
+            for s in list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .take(8)
+            {
+                match Endpoint::parse(s, false) {
+                    Ok(e) => all.push(e),
+                    Err(e) => warnings.push(Warning::InvalidAnnotation {
+                        key: annotation::ENDPOINTS,
+                        error: super::bounded(&e.to_string()).into_owned(),
+                    }),
+                }
+            }
+            if let Some(primary) = &endpoint
+                && !all.contains(primary)
+            {
+                all.insert(0, primary.clone());
+            }
+            all
+        }
+    };
+    let discovered = super::paths::parse_discovered(view, &mut warnings);
+    let no_direct = super::paths::parse_no_direct(view, &mut warnings);
 
     let pod_subnets = pod_subnets(view, &mut problems, &mut warnings);
     if let Some(subnets) = &pod_subnets {
@@ -129,6 +179,12 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
         name: view.name.clone(),
         public_key,
         endpoint,
+        endpoints,
+        forced_endpoint: forced,
+        public_endpoint,
+        location: view.location().map(String::from),
+        discovered,
+        no_direct,
         pod_subnets,
         pod_subnets_from_spec: pod_subnets.is_some() && !view.pod_cidrs.is_empty(),
         spec_cidrs: view
@@ -140,6 +196,23 @@ pub fn parse(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
         persistent_keepalive,
         problems,
         warnings,
+    }
+}
+
+/// An endpoint annotation, if present and valid (a bad one is a problem).
+fn endpoint_annotation(
+    view: &NodeView,
+    key: &'static str,
+    allow_dns: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Endpoint> {
+    let s = view.annotation(key)?;
+    match Endpoint::parse(s, allow_dns) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            problems.push(Problem::bad_endpoint(key, s, e));
+            None
+        }
     }
 }
 

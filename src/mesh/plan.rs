@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::MeshConfig;
 use super::conflicts::{self, Holder};
 use super::node::ParsedNode;
+use super::paths::{self, Discoveries, EndpointSource, Observations};
 use super::peer::ParsedPeer;
 use super::problem::{Problem, Warning};
 use crate::cni::{NetworkConfig, PodSubnets};
@@ -29,6 +30,13 @@ pub struct PeerPlan {
     /// (`spec.allowedDestinations`); everything else it sends is dropped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_destinations: Vec<IpNet>,
+    /// Where the endpoint came from (see [`super::paths`]).
+    #[serde(default)]
+    pub endpoint_source: EndpointSource,
+    /// The relay this peer's traffic goes through (its ranges are on the relay's peer);
+    /// the peer keeps its entry to probe the direct path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A route this node needs: a remote pod CIDR through the mesh interface
@@ -139,13 +147,15 @@ struct Member<'a> {
     allowed: Vec<IpNet>,
     persistent_keepalive: Option<u16>,
     external: Option<&'a ParsedPeer>,
+    /// The node itself (`None` for an external peer).
+    node: Option<&'a ParsedNode>,
     /// A node whose CIDRs are spec.podCIDRs (not only an annotation).
     spec_backed: bool,
 }
 
 /// Computes the plan of node `local_name` from every node's and every external peer's
 /// parsed view. `local_key` is this node's own public key: anyone else publishing it is
-/// refused.
+/// refused. [`plan_with`] with nothing observed.
 pub fn plan<'a>(
     local_name: &str,
     local_key: Option<&PublicKey>,
@@ -153,7 +163,30 @@ pub fn plan<'a>(
     peers: impl IntoIterator<Item = &'a ParsedPeer>,
     cfg: &MeshConfig,
 ) -> MeshPlan {
+    plan_with(
+        local_name,
+        local_key,
+        nodes,
+        peers,
+        cfg,
+        &Observations::default(),
+    )
+}
+
+/// [`plan`], with what the local data plane observed: where peers' packets come from,
+/// which decides endpoints across NATs (see [`super::paths`]).
+pub fn plan_with<'a>(
+    local_name: &str,
+    local_key: Option<&PublicKey>,
+    nodes: impl IntoIterator<Item = &'a ParsedNode>,
+    peers: impl IntoIterator<Item = &'a ParsedPeer>,
+    cfg: &MeshConfig,
+    observed: &Observations,
+) -> MeshPlan {
     let nodes: Vec<&ParsedNode> = nodes.into_iter().collect();
+    let local_node = nodes.iter().copied().find(|n| n.name == local_name);
+    let discoveries = Discoveries::collect(nodes.iter().copied());
+    let local_behind_nat = local_node.is_some_and(|l| paths::behind_nat(l, &discoveries));
     let mut out = MeshPlan::default();
     let local_subnets = nodes
         .iter()
@@ -179,6 +212,7 @@ pub fn plan<'a>(
                 allowed: subnets.nets().collect(),
                 persistent_keepalive: node.persistent_keepalive,
                 external: None,
+                node: Some(node),
                 spec_backed: node.pod_subnets_from_spec,
             }),
             _ => {
@@ -195,6 +229,7 @@ pub fn plan<'a>(
                 allowed: peer.allowed_ips.clone(),
                 persistent_keepalive: peer.persistent_keepalive,
                 external: Some(peer),
+                node: None,
                 spec_backed: false,
             }),
             _ => {
@@ -262,7 +297,57 @@ pub fn plan<'a>(
     }
     members.retain(|m| !rejected.contains_key(m.id.as_ref()));
 
+    // Pairs of nodes both behind NAT that cannot reach each other directly go through
+    // a relay: the peer keeps its entry (direct probes), its ranges move to the relay's.
+    let mut relayed: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(local) = local_node {
+        let candidates: Vec<&ParsedNode> = members.iter().filter_map(|m| m.node).collect();
+        for peer in &candidates {
+            if paths::relayed(local, peer, &discoveries)
+                && let Some(relay) = paths::relay_for(local, peer, candidates.iter().copied())
+            {
+                relayed.insert(peer.name.clone(), relay.name.clone());
+            }
+        }
+    }
+    let mut moved: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+    for (peer, relay) in &relayed {
+        if let Some(m) = members.iter().find(|m| m.id == peer.as_str()) {
+            moved
+                .entry(relay.clone())
+                .or_default()
+                .extend(m.allowed.iter().copied());
+        }
+    }
+
+    let mut unreachable_pairs: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
     for m in members {
+        let (endpoint, endpoint_source, keepalive) = match m.node {
+            Some(node) => {
+                let (endpoint, source) = match paths::endpoint_for(
+                    local_node,
+                    node,
+                    observed,
+                    &discoveries,
+                    cfg.endpoint_family,
+                ) {
+                    Ok(choice) => choice,
+                    Err(problem) => {
+                        // No path from here: the pair is left out, its traffic dropped.
+                        unreachable_pairs.insert(node.name.clone(), vec![problem]);
+                        continue;
+                    }
+                };
+                // Behind NAT, towards other locations: keep the mappings open.
+                let nat =
+                    local_behind_nat && !local_node.is_some_and(|l| paths::same_location(l, node));
+                let keepalive = m
+                    .persistent_keepalive
+                    .or(nat.then_some(paths::NAT_KEEPALIVE));
+                (endpoint, source, keepalive)
+            }
+            None => (m.endpoint, EndpointSource::External, m.persistent_keepalive),
+        };
         for dst in &m.allowed {
             let src = local_subnets.and_then(|l| {
                 l.nets()
@@ -275,21 +360,29 @@ pub fn plan<'a>(
                 node: m.id.to_string(),
             });
         }
+        let via = relayed.get(m.id.as_ref()).cloned();
+        let mut allowed_ips = if via.is_some() { Vec::new() } else { m.allowed };
+        if let Some(extra) = moved.get(m.id.as_ref()) {
+            allowed_ips.extend(extra.iter().copied());
+        }
         let peer = PeerPlan {
             public_key: m.public_key,
-            endpoint: m.endpoint,
-            allowed_ips: m.allowed,
-            persistent_keepalive: m.persistent_keepalive,
+            endpoint,
+            allowed_ips,
+            persistent_keepalive: keepalive,
             allowed_destinations: m
                 .external
                 .map(|p| p.allowed_destinations.clone())
                 .unwrap_or_default(),
+            endpoint_source,
+            via,
         };
         match m.external {
             None => out.peers.insert(m.id.into_owned(), peer),
             Some(p) => out.external.insert(p.name.clone(), peer),
         };
     }
+    rejected.extend(unreachable_pairs);
     out.rejected = rejected;
     out.local_problems = local_problems(local_subnets, cfg);
     let pod_ranges = pod_ranges(&nodes, &out, cfg);
@@ -326,21 +419,30 @@ fn reserved_spec_cidrs<'a>(
 
 /// The local node's own configuration problems: a pod CIDR that no cluster CIDR
 /// covers (a ConfigMap copied from another cluster, an IPv4-only `--cluster-cidr` on a
-/// dual-stack cluster). Without cluster CIDRs there is nothing to check against.
+/// dual-stack cluster; without cluster CIDRs there is nothing to check against), or an
+/// MTU under IPv6's minimum with an IPv6 pod range.
 fn local_problems(local: Option<PodSubnets>, cfg: &MeshConfig) -> Vec<Problem> {
-    if cfg.cluster_cidrs.is_empty() {
-        return Vec::new();
+    let mut out: Vec<Problem> = Vec::new();
+    if !cfg.cluster_cidrs.is_empty() {
+        out.extend(
+            local
+                .iter()
+                .flat_map(|s| s.nets())
+                .filter(|c| !cfg.cluster_cidrs.iter().any(|cc| cc.contains(c)))
+                .map(|cidr| Problem::LocalPodCidrOutsideCluster {
+                    cidr,
+                    cluster_cidrs: cfg.cluster_cidrs.clone(),
+                }),
+        );
     }
-    local
-        .iter()
-        .flat_map(|s| s.nets())
-        .filter(|c| !cfg.cluster_cidrs.iter().any(|cc| cc.contains(c)))
-        .map(|cidr| Problem::LocalPodCidrOutsideCluster {
-            cidr,
-            cluster_cidrs: cfg.cluster_cidrs.clone(),
-        })
-        .collect()
+    if local.is_some_and(|s| s.v6.is_some()) && cfg.mtu < IPV6_MIN_MTU {
+        out.push(Problem::MtuTooSmallForIpv6 { mtu: cfg.mtu });
+    }
+    out
 }
+
+/// IPv6's minimum link MTU (RFC 8200 section 5).
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// Every pod range this node knows of: the cluster CIDRs, its own pod CIDRs, every
 /// node's spec.podCIDRs (usable or not) and the ranges of the nodes it peers with.
@@ -474,6 +576,7 @@ fn firewall(
             .local
             .iter()
             .flat_map(|l| l.pod_subnets.nets())
+            .filter(|n| cfg.masquerade_ipv6 || n.addr().is_ipv4())
             .collect(),
         bridge: cfg.bridge.clone(),
         mesh_interface: cfg.interface.clone(),

@@ -47,6 +47,15 @@ pub enum Problem {
     PodCidrOutsideCluster {
         cidr: IpNet,
     },
+    /// The node's pod network has an IPv6 range but its MTU is under IPv6's minimum.
+    MtuTooSmallForIpv6 {
+        mtu: u32,
+    },
+    /// The node publishes endpoints only of families this node cannot use.
+    NoCommonAddressFamily {
+        peer: String,
+        local: String,
+    },
     /// The local node's own pod CIDR is outside `--cluster-cidr`: the agent's
     /// configuration is wrong, so it gives no pod a network.
     LocalPodCidrOutsideCluster {
@@ -134,6 +143,8 @@ impl Problem {
             Problem::InvalidPodCidrs { .. } => "InvalidPodCIDRs",
             Problem::PodCidrOutsideCluster { .. } => "PodCIDROutsideCluster",
             Problem::LocalPodCidrOutsideCluster { .. } => "ClusterCIDRMisconfigured",
+            Problem::NoCommonAddressFamily { .. } => "NoCommonAddressFamily",
+            Problem::MtuTooSmallForIpv6 { .. } => "MTUTooSmallForIPv6",
             Problem::DuplicatePublicKey { .. } => "DuplicatePublicKey",
             Problem::PublicKeyOfThisNode | Problem::PublicKeyOfNode { .. } => "DuplicatePublicKey",
             Problem::OverlappingPodCidr { .. }
@@ -170,6 +181,14 @@ impl fmt::Display for Problem {
             Problem::PodCidrOutsideCluster { cidr } => {
                 write!(f, "pod CIDR {cidr} is outside the cluster CIDRs")
             }
+            Problem::MtuTooSmallForIpv6 { mtu } => write!(
+                f,
+                "the mesh MTU would be {mtu}, under the 1280 bytes IPv6 needs (RFC 8200), and this node's pods have an IPv6 range: raise the underlay's MTU or --mtu; no pod gets a network on this node meanwhile"
+            ),
+            Problem::NoCommonAddressFamily { peer, local } => write!(
+                f,
+                "node publishes {peer} endpoints only, and this node can use {local} ones only (--endpoint-family, or its addresses): no path between them"
+            ),
             Problem::LocalPodCidrOutsideCluster {
                 cidr,
                 cluster_cidrs,
@@ -249,6 +268,8 @@ pub enum Warning {
     PodCidrsFromAnnotation,
     /// Unusable `wgmesh.io/persistent-keepalive`; the agent's default applies.
     InvalidPersistentKeepalive { value: String },
+    /// An annotation that only guides path choice is malformed or too big: ignored.
+    InvalidAnnotation { key: &'static str, error: String },
 }
 
 impl Warning {
@@ -257,6 +278,7 @@ impl Warning {
             Warning::PodCidrAnnotationDisagrees { .. } => "PodCIDRAnnotationIgnored",
             Warning::PodCidrsFromAnnotation => "PodCIDRsFromAnnotation",
             Warning::InvalidPersistentKeepalive { .. } => "InvalidPersistentKeepalive",
+            Warning::InvalidAnnotation { .. } => "InvalidAnnotation",
         }
     }
 }
@@ -278,6 +300,9 @@ impl fmt::Display for Warning {
                 f,
                 "annotation wgmesh.io/persistent-keepalive={value:?} is not 0-65535 seconds; using the default"
             ),
+            Warning::InvalidAnnotation { key, error } => {
+                write!(f, "annotation {key} ignored: {error}")
+            }
         }
     }
 }

@@ -32,6 +32,7 @@ fn node(name: &str, i: u8) -> NodeView {
         ]),
         pod_cidrs: vec![cidr],
         addresses: vec![("InternalIP".into(), format!("192.0.2.{i}"))],
+        labels: BTreeMap::new(),
     }
 }
 
@@ -110,7 +111,10 @@ fn a_full_mesh_has_one_peer_per_other_node_with_its_cidrs_and_routes() {
         Some("10.244.1.0/24".into())
     );
     let cni = p.cni_config(&cfg()).expect("local CNI config");
-    assert_eq!(cni.subnets.v4.to_string(), "10.244.1.0/24");
+    assert_eq!(
+        cni.subnets.v4.map(|n| n.to_string()).as_deref(),
+        Some("10.244.1.0/24")
+    );
     assert_eq!((cni.bridge.as_str(), cni.mtu), ("wgmesh-br", 1420));
     assert!(p.rejected.is_empty() && p.warnings.is_empty());
     let nets = |v: &[&str]| {
@@ -503,7 +507,12 @@ fn malformed_nodes_are_left_out_with_the_reason_and_the_rest_is_unaffected() {
 #[test]
 fn ipv6_and_dns_endpoints_are_used_as_published() {
     let p = plan_of(&[
-        node("a", 1),
+        // The local node has both families: an IPv6-only peer is reached over IPv6.
+        set(
+            node("a", 1),
+            annotation::ENDPOINTS,
+            "192.0.2.1:51820,[2001:db8::1]:51820",
+        ),
         set(node("b", 2), annotation::ENDPOINT, "[2001:db8::2]:51820"),
         set(
             node("c", 3),
@@ -649,7 +658,7 @@ fn the_local_node_without_pod_cidrs_has_no_cni_config_yet() {
 }
 
 #[test]
-fn the_advertisement_uses_the_address_type_force_endpoint_and_spec() {
+fn the_advertisement_uses_the_address_type_the_external_ip_and_spec() {
     let cfg = cfg();
     let v = with(node("a", 1), |v| {
         v.addresses = vec![
@@ -658,32 +667,50 @@ fn the_advertisement_uses_the_address_type_force_endpoint_and_spec() {
         ]
     });
     let ad = advertise(&v, &key(1), &cfg).unwrap();
-    assert_eq!(ad.annotations()[annotation::ENDPOINT], "192.0.2.1:51820");
-    assert_eq!(ad.annotations()[annotation::POD_CIDRS], "10.244.1.0/24");
-    assert_eq!(ad.annotations()[annotation::PUBLIC_KEY], key(1).to_base64());
+    let get = |ad: &Advertisement, k: &str| ad.annotations()[k].clone();
+    assert_eq!(
+        get(&ad, annotation::ENDPOINT).as_deref(),
+        Some("192.0.2.1:51820")
+    );
+    assert_eq!(
+        get(&ad, annotation::PUBLIC_ENDPOINT).as_deref(),
+        Some("203.0.113.1:51820"),
+        "the ExternalIP is the public endpoint"
+    );
+    assert_eq!(
+        get(&ad, annotation::POD_CIDRS).as_deref(),
+        Some("10.244.1.0/24")
+    );
+    assert_eq!(get(&ad, annotation::PUBLIC_KEY), Some(key(1).to_base64()));
+    assert_eq!(get(&ad, annotation::DISCOVERED_ENDPOINTS), None);
     let ext = MeshConfig {
         address_type: crate::model::AddressType::ExternalIP,
         listen_port: 4500,
         ..cfg.clone()
     };
+    let endpoint = |ad: Advertisement| ad.endpoint.map(|e| e.to_string());
     assert_eq!(
-        advertise(&v, &key(1), &ext).unwrap().endpoint.to_string(),
-        "203.0.113.1:4500"
+        endpoint(advertise(&v, &key(1), &ext).unwrap()).as_deref(),
+        Some("203.0.113.1:4500")
     );
     let v6 = with(v.clone(), |v| {
         v.addresses = vec![("InternalIP".into(), "2001:db8::1".into())]
     });
     assert_eq!(
-        advertise(&v6, &key(1), &cfg).unwrap().endpoint.to_string(),
-        "[2001:db8::1]:51820"
+        endpoint(advertise(&v6, &key(1), &cfg).unwrap()).as_deref(),
+        Some("[2001:db8::1]:51820")
     );
+    // The administrator's force-endpoint is read from its own annotation: the node keeps
+    // publishing its own address, or none when it has none.
     let forced = set(v.clone(), annotation::FORCE_ENDPOINT, "vpn.example.org:443");
     assert_eq!(
-        advertise(&forced, &key(1), &cfg)
-            .unwrap()
-            .endpoint
-            .to_string(),
-        "vpn.example.org:443"
+        endpoint(advertise(&forced, &key(1), &cfg).unwrap()).as_deref(),
+        Some("192.0.2.1:51820")
+    );
+    let forced_only = with(forced.clone(), |v| v.addresses.clear());
+    assert_eq!(
+        endpoint(advertise(&forced_only, &key(1), &cfg).unwrap()),
+        None
     );
     let no_addr = with(v.clone(), |v| v.addresses.clear());
     assert_eq!(
@@ -695,11 +722,20 @@ fn the_advertisement_uses_the_address_type_force_endpoint_and_spec() {
         advertise(&no_spec, &key(1), &cfg).unwrap_err().reason(),
         "NoPodCIDRs"
     );
+    let published = set(v.clone(), annotation::PUBLIC_ENDPOINT, "203.0.113.1:51820");
     assert!(
-        ad.is_published_on(&v),
-        "node() carries exactly these annotations"
+        ad.is_published_on(&published),
+        "the node carries exactly these annotations"
     );
-    assert!(!ad.is_published_on(&unset(v, annotation::ENDPOINT)));
+    assert!(!ad.is_published_on(&v), "the public endpoint is missing");
+    assert!(
+        !ad.is_published_on(&set(
+            published.clone(),
+            annotation::NO_DIRECT_PATH,
+            "[\"b\"]"
+        )),
+        "a stale annotation must go"
+    );
 }
 
 proptest! {
@@ -926,4 +962,50 @@ fn external_peers_are_peers_routed_guarded_and_checked_against_nodes() {
             "order {order:?}"
         );
     }
+}
+
+#[test]
+fn a_node_with_both_families_publishes_an_endpoint_of_each_unless_told_one() {
+    let v = with(node("a", 1), |v| {
+        v.addresses = vec![
+            ("InternalIP".into(), "192.0.2.1".into()),
+            ("InternalIP".into(), "2001:db8::1".into()),
+            ("InternalIP".into(), "2001:db8::99".into()),
+        ]
+    });
+    let ad = advertise(&v, &key(1), &cfg()).unwrap();
+    let ann = ad.annotations();
+    assert_eq!(
+        ann[annotation::ENDPOINT].as_deref(),
+        Some("192.0.2.1:51820"),
+        "API order, for older agents"
+    );
+    assert_eq!(
+        ann[annotation::ENDPOINTS].as_deref(),
+        Some("192.0.2.1:51820,[2001:db8::1]:51820"),
+        "one per family"
+    );
+    for (family, want) in [
+        (crate::model::EndpointFamily::Ipv6, "[2001:db8::1]:51820"),
+        (crate::model::EndpointFamily::Ipv4, "192.0.2.1:51820"),
+    ] {
+        let c = MeshConfig {
+            endpoint_family: family,
+            ..cfg()
+        };
+        let ad = advertise(&v, &key(1), &c).unwrap();
+        assert_eq!(
+            ad.annotations()[annotation::ENDPOINT].as_deref(),
+            Some(want)
+        );
+        assert_eq!(ad.annotations()[annotation::ENDPOINTS], None);
+    }
+    let v4_only = with(v.clone(), |v| v.addresses.truncate(1));
+    let c = MeshConfig {
+        endpoint_family: crate::model::EndpointFamily::Ipv6,
+        ..cfg()
+    };
+    let err = advertise(&v4_only, &key(1), &c).unwrap_err();
+    assert_eq!(err.reason(), "NoNodeAddress");
+    assert!(err.to_string().contains("IPv6 InternalIP"), "{err}");
 }

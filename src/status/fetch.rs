@@ -1,5 +1,6 @@
 //! Gathers what `wgmesh status` and `wgmesh graph` show: every Node from the API server
-//! and, on a node, its WireGuard device over the UAPI socket. Adapter.
+//! and, on a node, its WireGuard device: over the UAPI socket (userspace backend) or
+//! generic netlink (kernel backend). Adapter.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -90,7 +91,14 @@ pub async fn list_peers(client: &kube::Client) -> Result<Vec<mesh::PeerView>, k8
 }
 
 fn read_device(dir: &Path, ifname: &str) -> Option<crate::wireguard::DeviceStatus> {
-    match uapi_client::get(dir, ifname) {
+    // The userspace backend answers on its UAPI socket; the kernel backend over
+    // generic netlink.
+    let read = uapi_client::get(dir, ifname).or_else(|uapi| {
+        crate::wgkernel::KernelDevice::open(ifname)
+            .and_then(|k| k.status())
+            .map_err(|kernel| format!("{uapi}; kernel: {kernel}"))
+    });
+    match read {
         Ok(mut d) => {
             // Never keep the private key around in a reporting tool.
             d.private_key = None;

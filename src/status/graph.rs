@@ -17,6 +17,21 @@ fn quote(s: &str) -> String {
 }
 
 /// Renders the snapshot as an undirected DOT graph (`dot -Tsvg` draws it).
+/// The relay of the pair (`a`, `b`), when both are behind NAT and one cannot reach the
+/// other directly: chosen among usable nodes as every agent chooses it.
+fn relayed(s: &Snapshot, a: &str, b: &str) -> Option<String> {
+    let node = |n: &str| s.nodes.iter().find(|p| p.name == n);
+    let (pa, pb) = (node(a)?, node(b)?);
+    let published = crate::mesh::paths::Discoveries::collect(&s.nodes);
+    if !crate::mesh::paths::relayed(pa, pb, &published) {
+        return None;
+    }
+    let usable = s.nodes.iter().filter(|n| {
+        s.local.as_deref() == Some(n.name.as_str()) || !s.plan.rejected.contains_key(&n.name)
+    });
+    crate::mesh::paths::relay_for(pa, pb, usable).map(|r| r.name.clone())
+}
+
 pub fn dot(s: &Snapshot) -> String {
     let rows = s.rows();
     let mut out = String::from(
@@ -61,6 +76,17 @@ pub fn dot(s: &Snapshot) -> String {
                     None
                 }
             });
+            if let Some(relay) = relayed(s, a, b) {
+                // Encrypted on every hop, through the relay's memory.
+                let _ = writeln!(
+                    out,
+                    "  {} -- {} [style=dotted, color=blue, label={}];",
+                    quote(a),
+                    quote(b),
+                    quote(&format!("via {relay}"))
+                );
+                continue;
+            }
             let attrs = match local_edge.and_then(|peer| rows.iter().find(|r| r.name == peer)) {
                 Some(peer) => match peer.latest_handshake_seconds {
                     Some(age) if age <= super::STALE_HANDSHAKE_SECS => format!("label=\"{age}s\""),

@@ -38,6 +38,9 @@ pub struct NodeRow {
     pub endpoint: Option<String>,
     pub pod_cidrs: Vec<String>,
     pub public_key: Option<String>,
+    /// How the local node reaches it: where the endpoint came from (private, public,
+    /// forced, observed, discovered), or `via <relay>`.
+    pub path: Option<String>,
     /// Seconds since the local device's last handshake with this node.
     pub latest_handshake_seconds: Option<u64>,
     pub rx_bytes: Option<u64>,
@@ -78,7 +81,13 @@ impl Snapshot {
         let age = peer
             .and_then(|p| p.stats.last_handshake)
             .map(|t| self.now.duration_since(t).unwrap_or_default().as_secs());
-        if self.device.is_some() && !local && self.plan.peers.contains_key(&n.name) {
+        // A relayed peer's traffic goes through its relay: its own entry only probes.
+        let relayed = self
+            .plan
+            .peers
+            .get(&n.name)
+            .is_some_and(|p| p.via.is_some());
+        if self.device.is_some() && !local && !relayed && self.plan.peers.contains_key(&n.name) {
             match (peer, age) {
                 (None, _) => problems
                     .push("NotConfigured: planned peer is missing from the local device".into()),
@@ -91,10 +100,20 @@ impl Snapshot {
                 _ => {}
             }
         }
+        let planned = self.plan.peers.get(&n.name);
+        let endpoint = planned
+            .and_then(|p| p.endpoint.as_ref())
+            .or(n.endpoint.as_ref())
+            .map(ToString::to_string);
+        let path = planned.map(|p| match &p.via {
+            Some(relay) => format!("via {relay}"),
+            None => p.endpoint_source.as_str().to_string(),
+        });
         NodeRow {
             name: n.name.clone(),
             local,
-            endpoint: n.endpoint.as_ref().map(ToString::to_string),
+            endpoint,
+            path,
             pod_cidrs: n
                 .pod_subnets
                 .map(|s| s.nets().map(|c| c.to_string()).collect())
@@ -112,6 +131,7 @@ impl Snapshot {
         let header = [
             "NAME",
             "ENDPOINT",
+            "PATH",
             "POD CIDRS",
             "PUBLIC KEY",
             "HANDSHAKE",
@@ -119,7 +139,7 @@ impl Snapshot {
             "TX",
             "PROBLEMS",
         ];
-        let rows: Vec<[String; 8]> = self
+        let rows: Vec<[String; 9]> = self
             .rows()
             .into_iter()
             .map(|r| {
@@ -130,6 +150,7 @@ impl Snapshot {
                         r.name
                     },
                     r.endpoint.unwrap_or_else(|| "-".into()),
+                    r.path.unwrap_or_else(|| "-".into()),
                     if r.pod_cidrs.is_empty() {
                         "-".into()
                     } else {

@@ -25,6 +25,7 @@ fn node(name: &str, i: u8) -> NodeView {
         ]),
         pod_cidrs: vec![format!("10.244.{i}.0/24")],
         addresses: vec![],
+        labels: BTreeMap::new(),
     }
 }
 
@@ -138,5 +139,57 @@ fn the_graph_is_dot_with_cidrs_handshake_ages_and_left_out_nodes() {
     assert!(
         !text.contains("-- \"zz-bad\""),
         "no edges to a node left out"
+    );
+}
+
+#[test]
+fn a_relayed_pair_shows_its_relay_in_the_table_and_the_graph() {
+    let cfg = MeshConfig::default();
+    let home = |name: &str, i: u8, region: &str| {
+        let mut v = node(name, i);
+        v.labels
+            .insert(crate::model::label::REGION.into(), region.into());
+        v
+    };
+    let mut relay = home("r", 1, "cloud");
+    relay.annotations.insert(
+        annotation::PUBLIC_ENDPOINT.into(),
+        "203.0.113.1:51820".into(),
+    );
+    // The relay sees both homes behind their NATs.
+    relay.annotations.insert(
+        annotation::DISCOVERED_ENDPOINTS.into(),
+        format!(
+            "{{\"{}\": \"203.0.113.2:51820\", \"{}\": \"203.0.113.3:40000\"}}",
+            key(2).to_base64(),
+            key(3).to_base64()
+        ),
+    );
+    let h1 = home("h1", 2, "home1");
+    let mut h2 = home("h2", 3, "home2");
+    h2.annotations
+        .insert(annotation::NO_DIRECT_PATH.into(), "[\"h1\"]".into());
+    let nodes: Vec<_> = [relay, h1, h2].iter().map(|v| parse(v, &cfg)).collect();
+    let plan = plan("h1", Some(&key(2)), &nodes, NO_PEERS, &cfg);
+    let s = Snapshot {
+        local: Some("h1".into()),
+        nodes,
+        plan,
+        device: None,
+        now: SystemTime::now(),
+    };
+    let rows = s.rows();
+    let path = |n: &str| {
+        rows.iter()
+            .find(|r| r.name == n)
+            .and_then(|r| r.path.clone())
+    };
+    assert_eq!(path("h2").as_deref(), Some("via r"));
+    assert_eq!(path("r").as_deref(), Some("public"));
+    assert!(s.table().contains("via r"));
+    let dot = crate::status::dot(&s);
+    assert!(
+        dot.contains("\"h1\" -- \"h2\" [style=dotted, color=blue, label=\"via r\"]"),
+        "{dot}"
     );
 }

@@ -22,6 +22,10 @@ struct NodeLabel {
 struct EndpointLabels {
     node: String,
     endpoint: String,
+    /// Where the planned endpoint came from: private, public, forced, observed,
+    /// discovered; or `relay` when the peer's traffic goes through `via`.
+    source: &'static str,
+    via: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,12 +131,14 @@ impl Collector for MeshCollector {
             return Ok(());
         };
         let now = SystemTime::now();
+        // One read of the device (a netlink dump on the kernel backend) per scrape.
+        let mut all = device.peer_stats();
         let stats: Vec<_> = peers
             .iter()
             .map(|(node, p)| {
                 (
                     NodeLabel { node: node.clone() },
-                    device.peer_stats(&p.public_key).unwrap_or_default(),
+                    all.remove(&p.public_key).unwrap_or_default(),
                 )
             })
             .collect();
@@ -170,13 +176,20 @@ impl Collector for MeshCollector {
         family(
             &mut encoder,
             "peer_endpoint_info",
-            "The peer's current endpoint (configured or roamed)",
+            "The peer's current endpoint (configured or roamed), where it came from, and the relay its traffic goes through",
             MetricType::Gauge,
             stats.iter().filter_map(|(l, s)| {
+                let plan = peers.get(&l.node)?;
                 Some((
                     EndpointLabels {
                         node: l.node.clone(),
                         endpoint: s.endpoint?.to_string(),
+                        source: if plan.via.is_some() {
+                            "relay"
+                        } else {
+                            plan.endpoint_source.as_str()
+                        },
+                        via: plan.via.clone().unwrap_or_default(),
                     },
                     ConstGauge::new(1i64),
                 ))
@@ -187,28 +200,38 @@ impl Collector for MeshCollector {
             "dataplane_packets_dropped",
             "Packets the WireGuard data plane dropped, by reason",
             MetricType::Counter,
-            device.drops().snapshot().into_iter().map(|(r, n)| {
-                (
-                    ReasonLabel {
-                        reason: r.as_str().to_string(),
-                    },
-                    ConstCounter::new(n),
-                )
-            }),
+            device
+                .drops()
+                .map(|d| d.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(r, n)| {
+                    (
+                        ReasonLabel {
+                            reason: r.as_str().to_string(),
+                        },
+                        ConstCounter::new(n),
+                    )
+                }),
         )?;
         family(
             &mut encoder,
             "dataplane_thread_restarts",
             "WireGuard data-plane threads restarted after a panic or an unexpected exit, by thread kind",
             MetricType::Counter,
-            device.threads().snapshot().into_iter().map(|(kind, n)| {
-                (
-                    ThreadLabel {
-                        thread: kind.as_str(),
-                    },
-                    ConstCounter::new(n),
-                )
-            }),
+            device
+                .threads()
+                .map(|t| t.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(kind, n)| {
+                    (
+                        ThreadLabel {
+                            thread: kind.as_str(),
+                        },
+                        ConstCounter::new(n),
+                    )
+                }),
         )?;
         Ok(())
     }

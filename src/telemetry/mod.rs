@@ -23,8 +23,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::dataplane::backend::WgDevice;
 use crate::mesh::MeshPlan;
-use crate::wireguard::Device;
 
 /// What readiness checks beyond the CNI config.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ struct ReasonLabel {
 /// The state shared with the scrape-time collector and the readiness check.
 #[derive(Default)]
 pub(crate) struct Observed {
-    pub device: Option<Arc<Device>>,
+    pub device: Option<WgDevice>,
     pub plan: Option<MeshPlan>,
 }
 
@@ -173,8 +173,8 @@ impl Telemetry {
         }
     }
 
-    /// The data plane's WireGuard device (per-peer metrics, drops).
-    pub fn set_device(&self, device: Option<Arc<Device>>) {
+    /// The data plane's WireGuard device, userspace or kernel (per-peer metrics, drops).
+    pub fn set_device(&self, device: Option<WgDevice>) {
         write(&self.observed).device = device;
     }
 

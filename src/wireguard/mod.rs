@@ -49,6 +49,10 @@ mod uapi_socket;
 pub mod udp;
 pub mod vnet;
 
+/// How long a WireGuard session may be used after its handshake (the protocol's
+/// Reject-After-Time): a handshake more recent than this means a working session.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(180);
+
 pub use config::{ConfigUpdate, DeviceStatus, PeerUpdate};
 pub use dataplane::CloseReason;
 pub use device::{Closer, DEFAULT_MTU, Device, DeviceConfig, UAPI_DIR};

@@ -65,16 +65,24 @@ pub fn node_object(spec: &NodeSpec) -> Node {
         ),
     ]);
     if let Some((key, endpoint)) = &spec.advertisement {
+        let endpoint = Endpoint {
+            host: Host::Ip((*endpoint.ip()).into()),
+            port: endpoint.port(),
+        };
         let ad = Advertisement {
             public_key: *key,
-            endpoint: Endpoint {
-                host: Host::Ip((*endpoint.ip()).into()),
-                port: endpoint.port(),
-            },
+            endpoint: Some(endpoint.clone()),
+            endpoints: vec![endpoint],
             pod_subnets: PodSubnets::parse(&[cidr.as_str()]).expect("a valid pod CIDR"),
+            public_endpoint: None,
+            discovered: None,
+            no_direct: None,
         };
+        // `None`: an annotation a real agent leaves absent.
         for (k, v) in ad.annotations() {
-            annotations.insert(k.to_string(), v);
+            if let Some(v) = v {
+                annotations.insert(k.to_string(), v);
+            }
         }
     }
     let images: Vec<_> = (0..IMAGES)

@@ -50,6 +50,9 @@ pub struct NodeAddresses {
     pub broadcast: Ipv4Addr,
     /// spec.podCIDR of the node.
     pub pod_cidr: Ipv4Net,
+    /// The node's public address, if a cloud provider gives it one (its Node's
+    /// ExternalIP); none in a [`crate::Testbed`].
+    pub external_ip: Option<Ipv4Addr>,
 }
 
 impl NodeAddresses {
@@ -60,13 +63,13 @@ impl NodeAddresses {
             "node slot {index} is outside the address plan (at most {MAX_NODES} nodes)"
         );
         let base = (16 * index) as u8;
-        let i = index as u8;
         NodeAddresses {
             index,
             underlay_ip: Ipv4Addr::new(192, 0, 2, base + 2),
             router_ip: Ipv4Addr::new(192, 0, 2, base + 1),
             broadcast: Ipv4Addr::new(192, 0, 2, base + 15),
-            pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).expect("a /24 is valid"),
+            pod_cidr: pod_cidr(index),
+            external_ip: None,
         }
     }
 
@@ -74,6 +77,12 @@ impl NodeAddresses {
     pub fn endpoint(&self) -> String {
         format!("{}:{WIREGUARD_PORT}", self.underlay_ip)
     }
+}
+
+/// The pod CIDR of the node with index `index` (below 256): `10.244.<index>.0/24`.
+pub fn pod_cidr(index: usize) -> Ipv4Net {
+    let i = u8::try_from(index).expect("a node index below 256");
+    Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).expect("a /24 is valid")
 }
 
 /// The pod range as a network.
@@ -93,6 +102,7 @@ mod tests {
         assert_eq!(first.broadcast, Ipv4Addr::new(192, 0, 2, 15));
         assert_eq!(first.pod_cidr.to_string(), "10.244.0.0/24");
         assert_eq!(first.endpoint(), "192.0.2.2:51820");
+        assert_eq!(first.external_ip, None);
 
         let last = NodeAddresses::for_index(MAX_NODES - 1);
         assert_eq!(last.underlay_ip, Ipv4Addr::new(192, 0, 2, 242));

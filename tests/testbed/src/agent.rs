@@ -69,6 +69,11 @@ impl Agent {
         if !extra.iter().any(|a| a.starts_with("--cluster-cidr")) {
             cmd.args(["--cluster-cidr", CLUSTER_CIDR]);
         }
+        // The testbed's nodes share the host's kernel: its tests are of the userspace
+        // data plane (persistent TUN, offloads) even on a host with the module.
+        if !extra.iter().any(|a| a.starts_with("--wireguard-backend")) {
+            cmd.args(["--wireguard-backend", "userspace"]);
+        }
         cmd.args(extra)
             .env("RUST_LOG", RUST_LOG)
             // A log file, not a terminal: no colour codes.

@@ -1,18 +1,21 @@
-//! Packet captures on the router (test infrastructure), e.g. to show that only UDP
-//! between node addresses crosses the underlay, never a pod address or a plaintext
+//! Packet captures on the testbed's links (test infrastructure), e.g. to show that only
+//! UDP between node addresses crosses the underlay, never a pod address or a plaintext
 //! payload.
 //!
-//! One `tcpdump` per router interface writes a pcap file while the caller's work runs;
-//! the capture starts only once tcpdump says it is listening. To know that every packet
-//! of the work has been written (no sleep-and-hope), the router then sends a UDP marker
-//! with a unique token to each captured subnet's broadcast address (which draws no
-//! reply), and the capture ends when every file holds its marker. The files are decoded
-//! with `tcpdump -r -n -tt -X`; marker packets are left out.
+//! One `tcpdump` per tapped link (a link of some namespace: a router's, a
+//! gateway's) writes a pcap file while the caller's work runs; the capture starts only
+//! once tcpdump says it is listening. To know that every packet of the work has been
+//! written (no sleep-and-hope), each tapped namespace then sends a UDP marker with a
+//! unique token to each tapped subnet's broadcast address (which draws no reply), and
+//! the capture ends when every file holds its marker. The files are decoded with
+//! `tcpdump -r -n -tt -X`; marker packets are left out.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -30,7 +33,8 @@ static CAPTURES: AtomicU32 = AtomicU32::new(0);
 /// One captured packet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Packet {
-    /// The router interface it was seen on.
+    /// The link it was seen on: the router's interface name in a [`crate::Testbed`]
+    /// (`node0`), `<namespace>/<interface>` in a [`crate::MultiCloud`] (`gw-a/wan`).
     pub interface: String,
     /// Seconds since the epoch.
     pub time: f64,
@@ -86,6 +90,24 @@ impl Packet {
             out.extend([at(quoted + 12), at(quoted + 16)]);
         }
         out
+    }
+
+    /// The UDP payload of an IPv4/UDP packet (None for anything else).
+    pub fn udp_payload(&self) -> Option<Vec<u8>> {
+        let b = self.bytes();
+        if b.len() < 20 || b[0] >> 4 != 4 || b[9] != 17 {
+            return None;
+        }
+        let start = usize::from(b[0] & 0x0f) * 4 + 8;
+        b.get(start..).map(<[u8]>::to_vec)
+    }
+
+    /// True when the packet is a WireGuard message, whatever its ports (NATs change
+    /// them): UDP whose payload starts with a message type 1 to 4 and three reserved
+    /// zero bytes (WireGuard paper, section 5.4).
+    pub fn is_wireguard(&self) -> bool {
+        self.udp_payload()
+            .is_some_and(|p| p.len() >= 4 && (1..=4).contains(&p[0]) && p[1..4] == [0, 0, 0])
     }
 }
 
@@ -143,53 +165,117 @@ impl std::fmt::Display for Capture {
     }
 }
 
+/// A link to capture on: interface `link` of the namespace at `netns`, `label` in the
+/// captured packets, and the directed broadcast address of its subnet (where the end
+/// marker goes; the namespace must have an address in that subnet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tap {
+    pub netns: PathBuf,
+    pub link: String,
+    pub label: String,
+    pub broadcast: Ipv4Addr,
+}
+
+/// The links of one namespace that captures can tap, each with its subnet's broadcast
+/// address.
+#[derive(Debug, Default)]
+pub(crate) struct Taps(Mutex<BTreeMap<String, Ipv4Addr>>);
+
+impl Taps {
+    pub fn add(&self, link: &str, broadcast: Ipv4Addr) {
+        self.0
+            .lock()
+            .expect("tap list")
+            .insert(link.to_string(), broadcast);
+    }
+
+    pub fn remove(&self, link: &str) {
+        self.0.lock().expect("tap list").remove(link);
+    }
+
+    /// The tappable links, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.0.lock().expect("tap list").keys().cloned().collect()
+    }
+
+    /// A tap on `link` of the namespace at `netns`, labelled `label`; panics when the
+    /// link is not tappable.
+    pub fn tap(&self, netns: &Path, link: &str, label: String) -> Tap {
+        let taps = self.0.lock().expect("tap list");
+        let broadcast = *taps.get(link).unwrap_or_else(|| {
+            panic!(
+                "no link {link} to capture on in {} (there are {:?})",
+                netns.display(),
+                taps.keys().collect::<Vec<_>>()
+            )
+        });
+        Tap {
+            netns: netns.to_path_buf(),
+            link: link.to_string(),
+            label,
+            broadcast,
+        }
+    }
+}
+
 /// One running tcpdump.
 struct Tcpdump {
-    interface: String,
-    broadcast: Ipv4Addr,
+    tap: Tap,
     file: PathBuf,
     proc: Proc,
 }
 
-/// Captures on the router interfaces `links` (name, subnet broadcast address) in the
-/// namespace at `netns_path` while `work` runs. pcap files go to `dir`.
+/// Captures on `taps` the packets matching the tcpdump `filter` (empty: all) while
+/// `work` runs. pcap files go to `dir`.
 pub(crate) fn during<R>(
-    netns_path: &Path,
-    links: &[(String, Ipv4Addr)],
+    taps: &[Tap],
     filter: &str,
     dir: &Path,
     work: impl FnOnce() -> R,
 ) -> (R, Capture) {
     let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
     let token = format!("wgmesh-testbed-end-of-capture-{}-{n}", std::process::id());
-    let dumps: Vec<Tcpdump> = links
+    let dumps: Vec<Tcpdump> = taps
         .iter()
-        .map(|(interface, broadcast)| {
-            let file = dir.join(format!("capture-{n}-{interface}.pcap"));
-            start_tcpdump(netns_path, interface, *broadcast, filter, file)
+        .map(|tap| {
+            let file = dir.join(format!("capture-{n}-{}.pcap", tap.label.replace('/', "_")));
+            start_tcpdump(tap, filter, file)
         })
         .collect();
 
     let result = work();
 
-    let broadcasts: Vec<Ipv4Addr> = dumps.iter().map(|d| d.broadcast).collect();
-    let marker = token.clone().into_bytes();
-    exec::in_netns_thread(netns_path, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket on the router");
-        socket.set_broadcast(true).expect("SO_BROADCAST");
-        for b in broadcasts {
-            socket
-                .send_to(&marker, (b, MARKER_PORT))
-                .unwrap_or_else(|e| panic!("cannot send the capture marker to {b}: {e}"));
-        }
-    });
+    // One marker per tapped subnet, sent from each namespace that taps it.
+    let mut markers: BTreeMap<&Path, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for tap in taps {
+        markers
+            .entry(tap.netns.as_path())
+            .or_default()
+            .insert(tap.broadcast);
+    }
+    for (netns, broadcasts) in markers {
+        let marker = token.clone().into_bytes();
+        let place = netns.display().to_string();
+        exec::in_netns_thread(netns, move || {
+            let socket = UdpSocket::bind("0.0.0.0:0")
+                .unwrap_or_else(|e| panic!("a UDP socket in {place}: {e}"));
+            socket.set_broadcast(true).expect("SO_BROADCAST");
+            for b in broadcasts {
+                socket
+                    .send_to(&marker, (b, MARKER_PORT))
+                    .unwrap_or_else(|e| {
+                        panic!("cannot send the capture marker to {b} from {place}: {e}")
+                    });
+            }
+        });
+    }
     let mut packets = Vec::new();
     for dump in dumps {
         wait_until(
             MARKER_TIMEOUT,
             &format!(
                 "the end-of-capture marker in the capture on {}",
-                dump.interface
+                dump.tap.label
             ),
             || {
                 let bytes = std::fs::read(&dump.file).ok()?;
@@ -201,20 +287,15 @@ pub(crate) fn during<R>(
         );
         // SIGTERM: tcpdump flushes and exits; the marker proves everything is written.
         drop(dump.proc);
-        packets.extend(decode(&dump.file, &dump.interface, dump.broadcast));
+        packets.extend(decode(&dump.file, &dump.tap.label, dump.tap.broadcast));
     }
     packets.sort_by(|a, b| a.time.total_cmp(&b.time));
     (result, Capture { packets })
 }
 
-fn start_tcpdump(
-    netns_path: &Path,
-    interface: &str,
-    broadcast: Ipv4Addr,
-    filter: &str,
-    file: PathBuf,
-) -> Tcpdump {
-    let mut cmd = exec::in_net(netns_path, "tcpdump");
+fn start_tcpdump(tap: &Tap, filter: &str, file: PathBuf) -> Tcpdump {
+    let (interface, broadcast) = (&tap.link, tap.broadcast);
+    let mut cmd = exec::in_net(&tap.netns, "tcpdump");
     // -U and --immediate-mode: every packet reaches the file at once; -Z root: write
     // the file as root (Debian's tcpdump drops to its own user otherwise).
     cmd.args([
@@ -236,7 +317,7 @@ fn start_tcpdump(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut proc = Proc::spawn(cmd, "tcpdump on the router");
+    let mut proc = Proc::spawn(cmd, "tcpdump");
     let stderr = proc.child.stderr.take().expect("piped stderr");
     let mut reader = BufReader::new(stderr);
     let mut said = String::new();
@@ -244,7 +325,7 @@ fn start_tcpdump(
         let mut line = String::new();
         // EOF (tcpdump exited) ends the loop; no timeout is needed.
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            panic!("tcpdump on {interface} did not start: {said}");
+            panic!("tcpdump on {} did not start: {said}", tap.label);
         }
         said.push_str(&line);
         if line.contains("listening on") {
@@ -254,8 +335,7 @@ fn start_tcpdump(
     // tcpdump writes its statistics to stderr on exit; keep the pipe readable.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     Tcpdump {
-        interface: interface.to_string(),
-        broadcast,
+        tap: tap.clone(),
         file,
         proc,
     }
@@ -396,5 +476,28 @@ mod tests {
             capture.packets_with_addresses_in(pods),
             [&plain, &unreachable]
         );
+    }
+
+    #[test]
+    fn wireguard_messages_are_told_apart_by_their_header_whatever_the_ports() {
+        let (a, b) = ([203, 0, 113, 101], [203, 0, 113, 131]);
+        // UDP 51820 -> 41055 (a NAT's port), then a WireGuard handshake initiation.
+        let udp = |payload: &[u8]| {
+            let mut u = vec![0xca, 0x6c, 0xa0, 0x5f, 0, 0, 0, 0];
+            u.extend(payload);
+            u
+        };
+        let initiation = packet(&ipv4(17, a, b, &udp(&[1, 0, 0, 0, 0xaa, 0xbb])));
+        let transport = packet(&ipv4(17, a, b, &udp(&[4, 0, 0, 0, 1, 2, 3, 4])));
+        let other_udp = packet(&ipv4(17, a, b, &udp(b"hello, plaintext")));
+        let bad_reserved = packet(&ipv4(17, a, b, &udp(&[1, 0, 1, 0])));
+        let icmp = packet(&ipv4(1, a, b, &[4, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(initiation.is_wireguard());
+        assert!(transport.is_wireguard());
+        assert!(!other_udp.is_wireguard());
+        assert!(!bad_reserved.is_wireguard());
+        assert!(!icmp.is_wireguard());
+        assert_eq!(icmp.udp_payload(), None);
+        assert_eq!(transport.udp_payload().unwrap(), [4, 0, 0, 0, 1, 2, 3, 4]);
     }
 }

@@ -6,18 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use wgmesh_testbed::{Exec, Pod, Testbed, bench, transfer};
 
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-fn step(n: u32, what: &str) {
+pub(crate) fn step(n: u32, what: &str) {
     say!("\n\x1b[1m== {n}. {what}\x1b[0m");
 }
 
-fn check(ok: bool, what: &str) -> Result<(), String> {
+pub(crate) fn check(ok: bool, what: &str) -> Result<(), String> {
     if ok {
         say!("   \x1b[32mOK\x1b[0m {what}");
         Ok(())
@@ -26,7 +19,7 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
     }
 }
 
-fn show(text: &str) {
+pub(crate) fn show(text: &str) {
     for line in text.lines() {
         say!("   | {line}");
     }

@@ -17,23 +17,35 @@ use serde_json::json;
 
 use crate::addressing::NodeAddresses;
 
-/// A Node as the kubelet registers it (status.addresses, a Ready condition) with the pod
-/// CIDR the controller-manager assigns (spec.podCIDR and spec.podCIDRs).
-pub fn node_object(name: &str, addresses: &NodeAddresses) -> Node {
+/// A Node as the kubelet registers it (status.addresses, a Ready condition, its own
+/// labels and `labels`), with the pod CIDR the controller-manager assigns (spec.podCIDR
+/// and spec.podCIDRs) and, when the node has a public address, the ExternalIP a cloud
+/// provider adds.
+pub fn node_object(
+    name: &str,
+    addresses: &NodeAddresses,
+    labels: &BTreeMap<String, String>,
+) -> Node {
     let cidr = addresses.pod_cidr.to_string();
+    let mut all_labels = serde_json::Map::new();
+    all_labels.insert("kubernetes.io/hostname".into(), json!(name));
+    all_labels.insert("kubernetes.io/os".into(), json!("linux"));
+    for (k, v) in labels {
+        all_labels.insert(k.clone(), json!(v));
+    }
+    let mut node_addresses =
+        vec![json!({"type": "InternalIP", "address": addresses.underlay_ip.to_string()})];
+    if let Some(external) = addresses.external_ip {
+        node_addresses.push(json!({"type": "ExternalIP", "address": external.to_string()}));
+    }
+    node_addresses.push(json!({"type": "Hostname", "address": name}));
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name,
-            "kubernetes.io/os": "linux",
-        }},
+        "metadata": {"name": name, "labels": all_labels},
         "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
         "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": addresses.underlay_ip.to_string()},
-                {"type": "Hostname", "address": name},
-            ],
+            "addresses": node_addresses,
             "conditions": [{
                 "type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "kubelet is posting ready status",
@@ -84,10 +96,10 @@ impl Kube {
         wait(runtime, f(self.client.clone()))
     }
 
-    /// Creates the Node object of `name`.
-    pub fn create_node(&self, name: &str, addresses: &NodeAddresses) {
-        let node = node_object(name, addresses);
-        let name = name.to_string();
+    /// Creates `node`'s Node object, as its kubelet registers it.
+    pub fn create_node(&self, node: &crate::node::Node) {
+        let name = node.name().to_string();
+        let node = node_object(&name, node.addresses(), node.labels());
         self.run(|client| async move {
             Api::<Node>::all(client)
                 .create(&PostParams::default(), &node)
@@ -120,6 +132,20 @@ impl Kube {
                 Err(e) => panic!("cannot delete Node {name}: {e}"),
             }
         });
+    }
+
+    /// Every Node object, by name.
+    pub fn nodes(&self) -> BTreeMap<String, Node> {
+        self.run(|client| async move {
+            let list = Api::<Node>::all(client)
+                .list(&Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("cannot list Nodes: {e}"));
+            list.items
+                .into_iter()
+                .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+                .collect()
+        })
     }
 
     /// Every Node object's annotations, by name.

@@ -25,18 +25,28 @@
 //! Names are unique per run (several testbeds may run at once), and everything is torn
 //! down on drop, also when a test fails or panics; when it panics, the agents' logs are
 //! printed and the log directory is kept.
+//!
+//! A second topology, [`MultiCloud`], puts five nodes on two clouds and two home
+//! networks behind NAT gateways (1:1 without hairpin, port-preserving, symmetric) on an
+//! internet that drops private addresses; see [`multicloud`]. Both are built from the
+//! same nodes, agents, pods, API relay and captures.
 
 pub mod addressing;
 mod agent;
 pub mod bench;
 pub mod capture;
 pub mod cni;
+pub mod connectivity;
+mod conntrack;
+mod control;
 mod exec;
 mod holder;
 mod kube;
+pub mod multicloud;
 mod netns;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod raw;
 mod relay;
 pub mod transfer;
@@ -44,7 +54,6 @@ pub mod underlay;
 mod whoami;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,10 +61,12 @@ use std::time::{Duration, Instant};
 use wgmesh_testkit::unique_name;
 
 pub use crate::capture::{Capture, Packet};
+pub use crate::connectivity::{Matrix, connectivity_matrix, wait_for_connectivity};
 pub use crate::exec::{Exec, in_netns_thread};
+pub use crate::multicloud::MultiCloud;
 pub use crate::node::Node;
 pub use crate::pod::{CniRefusal, Pod};
-pub use crate::underlay::{Internet, Router};
+pub use crate::underlay::{Drops, Internet, Router};
 pub use crate::whoami::WhoAmI;
 pub use wgmesh_testkit::Proc;
 pub use wgmesh_testkit::apiserver::TestApiServer;
@@ -63,6 +74,7 @@ pub use wgmesh_testkit::apiserver::TestApiServer;
 use crate::addressing::{API_IP, API_PORT, MAX_NODES, NodeAddresses};
 use crate::kube::Kube;
 use crate::netns::NetNs;
+use crate::node::NodeSpec;
 use crate::relay::Relay;
 
 /// The Node annotations an agent publishes.
@@ -113,7 +125,7 @@ impl TestbedBuilder {
         // The API server starts while the network is wired: the two take about as long.
         let api_thread: JoinHandle<TestApiServer> =
             std::thread::spawn(|| TestApiServer::start(&["--tls-san", &API_IP.to_string()]));
-        let router = Router::create(&format!("{run_id}-router"), dir.path());
+        let router = Router::create(&format!("{run_id}-router"), dir.path(), Drops::PodRange);
         let (internet, api_host, nodes) = std::thread::scope(|s| {
             let internet = s.spawn(|| {
                 let internet = Internet::create(&format!("{run_id}-inet"));
@@ -131,14 +143,7 @@ impl TestbedBuilder {
                         (&router, &run_id, &node_kubeconfig, dir.path());
                     s.spawn(move || {
                         let name = node_name(i);
-                        Node::create(
-                            run_id,
-                            &name,
-                            NodeAddresses::for_index(i),
-                            router,
-                            kubeconfig,
-                            dir,
-                        )
+                        Node::create(node_spec(run_id, &name, i, kubeconfig, dir), router)
                     })
                 })
                 .collect();
@@ -161,13 +166,7 @@ impl TestbedBuilder {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
 
-        write_node_kubeconfig(&api, &node_kubeconfig);
-        let relay = Relay::start(
-            &api_host.path(),
-            SocketAddr::from((API_IP, API_PORT)),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, api.port())),
-        );
-        let kube = Kube::connect(&api.kubeconfig());
+        let (relay, kube) = control::connect(&api, &api_host, &node_kubeconfig);
         let mut tb = Testbed {
             nodes: nodes.into_iter().map(Some).collect(),
             kube,
@@ -183,8 +182,7 @@ impl TestbedBuilder {
             dir,
         };
         for node in tb.nodes() {
-            tb.kube
-                .create_node(node.name(), &NodeAddresses::for_index(node.index()));
+            tb.kube.create_node(node);
         }
         for node in tb.nodes() {
             node.start_agent(&tb.agent_args_ref());
@@ -285,17 +283,17 @@ impl Testbed {
     pub fn add_node_without_waiting(&mut self) -> (usize, Instant) {
         let index = self.nodes.len();
         assert!(index < MAX_NODES, "the testbed is full ({MAX_NODES} nodes)");
-        let addresses = NodeAddresses::for_index(index);
-        let node = Node::create(
+        let name = node_name(index);
+        let spec = node_spec(
             &self.run_id,
-            &node_name(index),
-            addresses,
-            &self.router,
+            &name,
+            index,
             &self.node_kubeconfig,
             self.dir.path(),
         );
+        let node = Node::create(spec, &self.router);
         let registered = Instant::now();
-        self.kube.create_node(node.name(), &addresses);
+        self.kube.create_node(&node);
         node.start_agent(&self.agent_args_ref());
         self.nodes.push(Some(node));
         (index, registered)
@@ -319,9 +317,7 @@ impl Testbed {
 
     /// Creates node `i`'s Node object (again), as its kubelet would on registration.
     pub fn create_node_object(&self, i: usize) {
-        let node = self.node(i);
-        self.kube
-            .create_node(node.name(), &NodeAddresses::for_index(node.index()));
+        self.kube.create_node(self.node(i));
     }
 
     /// The annotations of node `i`'s Node object (empty if it has none or is gone).
@@ -336,21 +332,7 @@ impl Testbed {
     /// installation has it. Without it the agents' Peer watch keeps retrying, and each
     /// retry wakes their reconcile loop (about once a second).
     pub fn install_peer_crd(&self) {
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../manifests/wgmesh.yaml");
-        let all = std::fs::read_to_string(manifest)
-            .unwrap_or_else(|e| panic!("cannot read {manifest}: {e}"));
-        let crd = all
-            .split("\n---")
-            .find(|doc| {
-                doc.contains("kind: CustomResourceDefinition")
-                    && doc.contains("name: peers.wgmesh.io")
-            })
-            .unwrap_or_else(|| panic!("no Peer CRD in {manifest}"));
-        let path = self.dir.path().join("peer-crd.yaml");
-        std::fs::write(&path, crd)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        self.api
-            .kubectl_ok(&["apply", "-f", &path.to_string_lossy()]);
+        control::install_peer_crd(&self.api, self.dir());
     }
 
     /// Creates pod `name` on node `i` as a runtime does; see [`Pod`].
@@ -368,94 +350,14 @@ impl Testbed {
     /// conflist, and lists as peers exactly the other nodes whose Node object exists and
     /// carries a public key. Panics with the agents' logs otherwise.
     pub fn wait_for_mesh(&self) {
-        let mut last = String::new();
-        let converged = exec::poll_until(MESH_WAIT, || {
-            // An agent that exited (a crash, a refused argument) never converges.
-            if let Some(dead) = self.nodes().find(|n| n.agent_crashed()) {
-                last = format!("the agent of {} exited", dead.name());
-                return Some(false);
-            }
-            match self.mesh_problem() {
-                None => Some(true),
-                Some(problem) => {
-                    last = problem;
-                    None
-                }
-            }
-        });
-        if converged != Some(true) {
-            panic!(
-                "the testbed's mesh did not converge within {MESH_WAIT:?}: {last}\n{}",
-                self.diagnostics()
-            );
-        }
-    }
-
-    /// What keeps the mesh from having converged, if anything.
-    fn mesh_problem(&self) -> Option<String> {
-        let annotations = self.kube.node_annotations();
-        let members: Vec<&Node> = self
-            .nodes()
-            .filter(|n| {
-                annotations
-                    .get(n.name())
-                    .is_some_and(|a| a.contains_key(annotation::PUBLIC_KEY))
-            })
-            .collect();
-        for node in self.nodes().filter(|n| n.agent_running()) {
-            let name = node.name();
-            let Some(a) = annotations.get(name) else {
-                // A node whose Node object was deleted has nothing to publish.
-                continue;
-            };
-            if a.get(annotation::ENDPOINT) != Some(&node.expected_endpoint())
-                || a.get(annotation::POD_CIDRS) != Some(&node.pod_cidr().to_string())
-                || !a.contains_key(annotation::PUBLIC_KEY)
-            {
-                return Some(format!("{name} has not published its advertisement: {a:?}"));
-            }
-            if node.conflist().is_none() {
-                return Some(format!("{name} has no conflist yet"));
-            }
-            let mut want: Vec<String> = members
-                .iter()
-                .filter(|m| m.name() != name)
-                .map(|m| m.name().to_string())
-                .collect();
-            want.sort();
-            let peers = node.mesh_peers();
-            if peers != want {
-                return Some(format!("{name} has peers {peers:?}, want {want:?}"));
-            }
-        }
-        None
+        let nodes: Vec<&Node> = self.nodes().collect();
+        control::wait_for_mesh(&nodes, &self.kube, || self.diagnostics());
     }
 
     /// Every node's agent state and the tail of its log, for failure messages.
     pub fn diagnostics(&self) -> String {
-        let mut out = format!(
-            "testbed {} (logs in {}):\n",
-            self.run_id,
-            self.dir().display()
-        );
-        for node in self.nodes() {
-            out.push_str(&format!(
-                "--- {} ({}, agent {}) log tail:\n{}\n",
-                node.name(),
-                node.underlay_ip(),
-                if node.agent_running() {
-                    "running"
-                } else {
-                    "not running"
-                },
-                exec::tail(&node.agent_log(), 30)
-            ));
-        }
-        out.push_str(&format!(
-            "--- test-apiserver log tail:\n{}\n",
-            exec::tail(&self.api.log(), 20)
-        ));
-        out
+        let nodes: Vec<&Node> = self.nodes().collect();
+        control::diagnostics(&self.run_id, self.dir(), &nodes, &self.api)
     }
 
     /// The unique id in every namespace name of this testbed.
@@ -498,12 +400,7 @@ impl Drop for Testbed {
         }
         // Nodes go in parallel (each stops its agent and waits for it); the rest drops
         // in field order afterwards.
-        let nodes: Vec<Node> = self.nodes.iter_mut().filter_map(Option::take).collect();
-        std::thread::scope(|s| {
-            for node in nodes {
-                s.spawn(move || drop(node));
-            }
-        });
+        control::tear_down(self.nodes.iter_mut().filter_map(Option::take).collect());
         self.relay.stop();
     }
 }
@@ -513,16 +410,20 @@ pub fn node_name(i: usize) -> String {
     format!("node{i}")
 }
 
-/// Writes the agents' kubeconfig: the server's own, with the URL nodes reach it at.
-fn write_node_kubeconfig(api: &TestApiServer, path: &Path) {
-    let text = std::fs::read_to_string(api.kubeconfig())
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", api.kubeconfig().display()));
-    let node_url = format!("https://{API_IP}:{API_PORT}");
-    assert!(
-        text.contains(&api.url),
-        "the API server's kubeconfig does not name {}:\n{text}",
-        api.url
-    );
-    let text = text.replace(&api.url, &node_url);
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+/// The node of slot `i` of a [`Testbed`].
+fn node_spec<'a>(
+    run_id: &'a str,
+    name: &'a str,
+    i: usize,
+    kubeconfig: &'a Path,
+    dir: &'a Path,
+) -> NodeSpec<'a> {
+    NodeSpec {
+        run_id,
+        name,
+        addresses: NodeAddresses::for_index(i),
+        labels: BTreeMap::new(),
+        kubeconfig,
+        dir,
+    }
 }

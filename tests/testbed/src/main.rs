@@ -3,19 +3,8 @@
 //!
 //! `wgmesh-testbed up [--nodes N] [--pods M] [--keep]` builds the cluster, adds M pods
 //! per node, prints how to enter every node and pod, and tears everything down again:
-//! at once, or with `--keep` on Ctrl-C / SIGTERM.
-
-mod demo;
-
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use clap::{Parser, Subcommand};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use wgmesh_testbed::addressing::MAX_NODES;
-use wgmesh_testbed::bench::{self, DataPlane};
-use wgmesh_testbed::{Pod, Testbed};
+//! at once, or with `--keep` on Ctrl-C / SIGTERM. `wgmesh-testbed demo [multicloud]`
+//! runs a demo on the 3-node cluster or on the multi-cloud testbed.
 
 /// `println!` that ignores a closed stdout (`... | head`): a panic there would still
 /// tear down, but the cluster must not depend on who reads the output.
@@ -25,6 +14,19 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
+
+mod demo;
+mod demo_multicloud;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use wgmesh_testbed::addressing::MAX_NODES;
+use wgmesh_testbed::bench::{self, DataPlane};
+use wgmesh_testbed::{Pod, Testbed};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,10 +40,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The demo: a 3-node cluster with 2 pods per node; show and check, step by step,
-    /// what wgmesh does (exit status 1 if a check fails), then tear down (with --keep:
-    /// on Ctrl-C or SIGTERM, after printing how to enter nodes and pods).
+    /// The demo: a 3-node cluster with 2 pods per node (or the multi-cloud testbed with
+    /// a pod per node); show and check, step by step, what wgmesh does (exit status 1 if
+    /// a check fails), then tear down (with --keep: on Ctrl-C or SIGTERM, after printing
+    /// how to enter nodes and pods).
     Demo {
+        /// Which cluster: three nodes behind one router, or two clouds and two homes
+        /// behind NATs on an internet that drops private addresses.
+        #[arg(value_enum, default_value_t = Topology::ThreeNodes)]
+        topology: Topology,
         #[arg(long)]
         keep: bool,
     },
@@ -72,6 +79,15 @@ enum Command {
     },
 }
 
+/// The demo's cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Topology {
+    /// Three nodes behind one router.
+    ThreeNodes,
+    /// a1, a2 (cloud-a), b1 (cloud-b), h1, h2 (two homes), each site behind its NAT.
+    Multicloud,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !wgmesh_testkit::is_root() {
@@ -96,7 +112,14 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Up { nodes, pods, keep } => up(nodes as usize, pods, keep),
-        Command::Demo { keep } => return run_demo(keep),
+        Command::Demo {
+            topology: Topology::ThreeNodes,
+            keep,
+        } => return run_demo(keep),
+        Command::Demo {
+            topology: Topology::Multicloud,
+            keep,
+        } => return demo_multicloud::main(keep, &STOP),
         Command::Bench {
             seconds,
             data_planes,

@@ -1,7 +1,12 @@
 //! A named network namespace of the testbed (test infrastructure): created with
-//! `ip netns add`, loopback up, deleted on drop (only the one this value created).
+//! `ip netns add`, loopback up, deleted on drop (only the one this value created); and
+//! the veth links that wire namespaces together.
+//!
+//! IPv6 is disabled on every testbed link (both ends, before they come up), so captures
+//! show only what the testbed and the product send, not router solicitations and MLD.
 
 use std::ffi::OsStr;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -40,6 +45,33 @@ impl NetNs {
         let mut cmd = Command::new("ip");
         cmd.args(["-n", &self.name, "-batch", "-"]);
         exec::output_ok(cmd, Some(lines.join("\n").as_bytes()));
+    }
+
+    /// Creates a veth pair: `link` here, `peer_link` in `peer`, both down, IPv6
+    /// disabled on both ends.
+    pub fn add_veth(&self, link: &str, peer: &NetNs, peer_link: &str) {
+        self.ip_batch(&[format!(
+            "link add {link} type veth peer name {peer_link} netns {}",
+            peer.name()
+        )]);
+        // Before the links come up, so not even one IPv6 packet is sent.
+        self.disable_ipv6(link);
+        peer.disable_ipv6(peer_link);
+    }
+
+    /// Disables IPv6 on `link` of this namespace.
+    pub fn disable_ipv6(&self, link: &str) {
+        self.set_sysctl(&format!("net.ipv6.conf.{link}.disable_ipv6"), "1");
+    }
+
+    /// Gives `link` the address `ip/prefix_len`, brings it up, and routes everything
+    /// else via `gateway`: how a host is plugged into its subnet.
+    pub fn plug_in(&self, link: &str, ip: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) {
+        self.ip_batch(&[
+            format!("addr add {ip}/{prefix_len} dev {link}"),
+            format!("link set {link} up"),
+            format!("route add default via {gateway}"),
+        ]);
     }
 
     /// The MAC address of `link` in this namespace.

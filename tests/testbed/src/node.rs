@@ -1,11 +1,14 @@
-//! One node of the testbed (test infrastructure): its network namespace wired to the
-//! router, the holder of its private mount namespace, and its `wgmesh agent`.
+//! One node of the testbed (test infrastructure): its network namespace wired to its
+//! uplink (the router of a [`crate::Testbed`], a site's LAN in a
+//! [`crate::MultiCloud`]), the holder of its private mount namespace, and its
+//! `wgmesh agent`.
 //!
 //! Inside a node everything has its production path: the agent's state in
 //! `/var/lib/wgmesh`, the conflist in `/etc/cni/net.d`, IPAM leases in
 //! `/var/lib/cni/networks`, pod namespaces in `/run/netns`, WireGuard's UAPI socket in
 //! `/var/run/wireguard`. From the host those are under `/proc/<holder pid>/root/`.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -22,9 +25,32 @@ use crate::holder::Holder;
 use crate::netns::NetNs;
 use crate::pod::{CniRefusal, Pod};
 use crate::raw::{self, Mac};
-use crate::underlay::Router;
 
-/// The node's interface on the underlay (towards the router).
+/// What a node's network namespace is plugged into.
+pub(crate) trait Uplink: Sync {
+    /// Wires the node `name`'s namespace `node`: its [`UNDERLAY_LINK`] gets
+    /// `addresses.underlay_ip` and a default route via `addresses.router_ip`. Returns
+    /// the MAC address of that next hop.
+    fn attach(&self, node: &NetNs, name: &str, addresses: &NodeAddresses) -> Mac;
+}
+
+/// How to create a node (see [`Node::create`]).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec<'a> {
+    /// The testbed's unique id: the node's namespace is `<run_id>-<name>`.
+    pub run_id: &'a str,
+    /// The Kubernetes Node name.
+    pub name: &'a str,
+    pub addresses: NodeAddresses,
+    /// Labels of its Node object beyond the kubelet's own (`kubernetes.io/hostname`...).
+    pub labels: BTreeMap<String, String>,
+    /// The agent's kubeconfig.
+    pub kubeconfig: &'a Path,
+    /// Where the node's logs go.
+    pub dir: &'a Path,
+}
+
+/// The node's interface on the underlay (towards its router or gateway).
 pub const UNDERLAY_LINK: &str = "eth0";
 /// Where the agent writes the node's conflist (its default `--cni-conf-dir`).
 pub const CONFLIST_PATH: &str = concat!("/etc/cni/net.d/", "10-wgmesh.conflist");
@@ -39,7 +65,7 @@ pub const PRIVATE_KEY_FILE: &str = wgmesh::agent::identity::KEY_FILE;
 const CONFLIST_WAIT: Duration = Duration::from_secs(30);
 
 /// A node. Fields drop in order: the agent stops, every process inside the node ends,
-/// then its network namespace goes (and with it the veth to the router).
+/// then its network namespace goes (and with it the veth to its uplink).
 #[derive(Debug)]
 pub struct Node {
     agent: Agent,
@@ -47,25 +73,27 @@ pub struct Node {
     netns: NetNs,
     name: String,
     addresses: NodeAddresses,
-    /// The router's MAC address on the node's link.
+    labels: BTreeMap<String, String>,
+    /// The MAC address of the node's next hop (the router, a site's gateway).
     gateway_mac: Mac,
 }
 
 impl Node {
-    /// Creates node slot `addresses.index` named `name`: network namespace
-    /// `<run_id>-<name>` attached to `router`, and its holder. The agent is not started:
-    /// it needs the Node object first. `dir` receives the node's logs.
-    pub(crate) fn create(
-        run_id: &str,
-        name: &str,
-        addresses: NodeAddresses,
-        router: &Router,
-        kubeconfig: &Path,
-        dir: &Path,
-    ) -> Node {
+    /// Creates the node `spec.name`: network namespace `<run_id>-<name>` plugged into
+    /// `uplink`, and its holder. The agent is not started: it needs the Node object
+    /// first.
+    pub(crate) fn create(spec: NodeSpec<'_>, uplink: &dyn Uplink) -> Node {
+        let NodeSpec {
+            run_id,
+            name,
+            addresses,
+            labels,
+            kubeconfig,
+            dir,
+        } = spec;
         let netns_name = format!("{run_id}-{name}");
         let netns = NetNs::create(&netns_name);
-        let gateway_mac = router.attach_node(&netns, &addresses);
+        let gateway_mac = uplink.attach(&netns, name, &addresses);
         let holder = Holder::start(
             &netns.path(),
             &netns_name,
@@ -82,18 +110,37 @@ impl Node {
             netns,
             name: name.to_string(),
             addresses,
+            labels,
             gateway_mac,
         }
     }
 
-    /// The Kubernetes Node name (`node<slot>`).
+    /// The Kubernetes Node name (`node<slot>` in a [`crate::Testbed`], `a1` in a
+    /// [`crate::MultiCloud`]).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The node's slot in the testbed (`tb.node(i)`).
+    /// The node's slot in the testbed (`tb.node(i)`); its pod CIDR is
+    /// `10.244.<index>.0/24`.
     pub fn index(&self) -> usize {
         self.addresses.index
+    }
+
+    /// The node's addresses, as its Node object gets them.
+    pub(crate) fn addresses(&self) -> &NodeAddresses {
+        &self.addresses
+    }
+
+    /// The labels its Node object gets beyond the kubelet's own.
+    pub(crate) fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// The node's public address as a cloud provider reports it (its Node's
+    /// ExternalIP), if it has one.
+    pub fn external_ip(&self) -> Option<Ipv4Addr> {
+        self.addresses.external_ip
     }
 
     /// The node's address on the underlay: its InternalIP.
@@ -101,7 +148,8 @@ impl Node {
         self.addresses.underlay_ip
     }
 
-    /// The router's address in the node's subnet (the node's default gateway).
+    /// The router's (or the site gateway's) address in the node's subnet: the node's
+    /// default gateway.
     pub fn router_ip(&self) -> Ipv4Addr {
         self.addresses.router_ip
     }
@@ -137,7 +185,7 @@ impl Node {
     }
 
     /// Puts a hand-made IPv4/UDP packet from `src` to `dst` on the node's underlay link,
-    /// addressed to the router, bypassing the node's own routing and nftables: what a
+    /// addressed to its next hop, bypassing the node's own routing and nftables: what a
     /// leak would look like on the wire (e.g. a pod-addressed packet).
     pub fn send_raw_udp(&self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
         let frame = raw::udp_frame(

@@ -66,6 +66,11 @@ pub fn parse_mac(text: &str) -> Option<Mac> {
     bytes.try_into().ok()
 }
 
+/// Formats `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: Mac) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// Sends `frame` as is on interface `ifname` of the network namespace at `netns_path`.
 pub fn send_frame(netns_path: &Path, ifname: &str, frame: Vec<u8>) {
     let ifname = ifname.to_string();
@@ -136,5 +141,9 @@ mod tests {
         );
         assert_eq!(parse_mac("0a:58"), None);
         assert_eq!(parse_mac("zz:58:0a:f4:00:01"), None);
+        assert_eq!(
+            format_mac([0x0a, 0x58, 0x0a, 0xf4, 0x00, 0x01]),
+            "0a:58:0a:f4:00:01"
+        );
     }
 }

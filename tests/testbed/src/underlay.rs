@@ -7,26 +7,31 @@
 //! underlay only encrypted, never as plain pod addresses. The router has no default
 //! route, so nothing the testbed sends can leave these namespaces.
 //!
+//! The same router is the internet of a [`crate::MultiCloud`], where it connects NAT
+//! gateways instead of nodes and drops every private address ([`Drops::Private`]).
+//!
 //! IPv6 is disabled on every underlay link (both ends), so captures on the router show
 //! only what the testbed and the product send, not router solicitations and MLD.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use ipnet::Ipv4Net;
 use wgmesh_testkit::Proc;
 
 use crate::addressing::{
     API_IP, API_PREFIX_LEN, API_ROUTER_IP, CLUSTER_CIDR, INTERNET_IP, INTERNET_PREFIX_LEN,
     INTERNET_ROUTER_IP, NODE_PREFIX_LEN, NodeAddresses,
 };
-use crate::capture::{self, Capture};
+use crate::capture::{self, Capture, Tap, Taps};
 use crate::exec::Exec;
 use crate::netns::NetNs;
+use crate::node::Uplink;
 use crate::raw::Mac;
 use crate::whoami::WhoAmI;
 
@@ -34,6 +39,11 @@ use crate::whoami::WhoAmI;
 pub const NFT_TABLE: &str = "wgmesh_testbed";
 /// The named counter of packets the router dropped because of a pod-range address.
 pub const POD_RANGE_COUNTER: &str = "pod_range_dropped";
+/// The named counter of packets the router dropped because of a private address (pod
+/// range included), with [`Drops::Private`].
+pub const PRIVATE_COUNTER: &str = "private_dropped";
+/// The private address ranges of RFC 1918, which internet routers drop.
+pub const PRIVATE_RANGES: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
 /// The router's interface towards the internet host.
 pub const INTERNET_LINK: &str = "internet";
 /// The router's interface towards the API server's host.
@@ -44,28 +54,24 @@ pub fn node_link(index: usize) -> String {
     format!("node{index}")
 }
 
-/// The router: forwards between its subnets, drops the pod range.
-#[derive(Debug)]
-pub struct Router {
-    netns: NetNs,
-    /// Router interface name -> the directed broadcast address of its subnet (what a
-    /// capture sends its end marker to).
-    links: Mutex<BTreeMap<String, Ipv4Addr>>,
-    /// Router interfaces towards nodes, by node slot.
-    node_links: Mutex<BTreeMap<usize, String>>,
-    /// Where captures keep their pcap files.
-    capture_dir: std::path::PathBuf,
+/// What the router drops (and counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drops {
+    /// Every packet from or to the pod range ([`POD_RANGE_COUNTER`]): a router between
+    /// hosts of one network, which knows nothing of pods.
+    PodRange,
+    /// Every packet from or to a private address ([`PRIVATE_RANGES`], counted in
+    /// [`PRIVATE_COUNTER`]), as internet routers drop them; those from or to the pod
+    /// range are also counted in [`POD_RANGE_COUNTER`].
+    Private,
 }
 
-impl Router {
-    /// Creates the router namespace `name` with forwarding and the pod-range drop rule.
-    pub(crate) fn create(name: &str, capture_dir: &Path) -> Router {
-        let netns = NetNs::create(name);
-        netns.set_sysctl("net.ipv4.ip_forward", "1");
-        let ruleset = format!(
-            "table ip {NFT_TABLE} {{
-                counter {POD_RANGE_COUNTER} {{ }}
-                chain prerouting {{
+impl Drops {
+    /// The router's nftables ruleset.
+    fn ruleset(self) -> String {
+        let chains = match self {
+            Drops::PodRange => format!(
+                "chain prerouting {{
                     type filter hook prerouting priority raw; policy accept;
                     ip saddr {CLUSTER_CIDR} counter name {POD_RANGE_COUNTER} drop
                     ip daddr {CLUSTER_CIDR} counter name {POD_RANGE_COUNTER} drop
@@ -73,53 +79,100 @@ impl Router {
                 chain output {{
                     type filter hook output priority raw; policy accept;
                     ip daddr {CLUSTER_CIDR} counter name {POD_RANGE_COUNTER} drop
-                }}
-            }}"
-        );
+                }}"
+            ),
+            Drops::Private => {
+                let private = PRIVATE_RANGES.join(", ");
+                format!(
+                    "counter {PRIVATE_COUNTER} {{ }}
+                    set private {{ type ipv4_addr; flags interval; elements = {{ {private} }} }}
+                    chain prerouting {{
+                        type filter hook prerouting priority raw; policy accept;
+                        ip saddr @private goto drop_private
+                        ip daddr @private goto drop_private
+                    }}
+                    chain output {{
+                        type filter hook output priority raw; policy accept;
+                        ip daddr @private goto drop_private
+                    }}
+                    chain drop_private {{
+                        ip saddr {CLUSTER_CIDR} counter name {POD_RANGE_COUNTER} goto drop_counted
+                        ip daddr {CLUSTER_CIDR} counter name {POD_RANGE_COUNTER} goto drop_counted
+                        goto drop_counted
+                    }}
+                    chain drop_counted {{
+                        counter name {PRIVATE_COUNTER} drop
+                    }}"
+                )
+            }
+        };
+        format!("table ip {NFT_TABLE} {{\n counter {POD_RANGE_COUNTER} {{ }}\n {chains}\n}}")
+    }
+}
+
+/// How a namespace is wired to the router (see [`Router::attach`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attachment<'a> {
+    /// The router's interface.
+    pub router_link: &'a str,
+    /// The interface in the attached namespace.
+    pub peer_link: &'a str,
+    pub router_ip: Ipv4Addr,
+    pub peer_ip: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// The router: forwards between its subnets, drops the pod range (or every private
+/// address, see [`Drops`]).
+#[derive(Debug)]
+pub struct Router {
+    netns: NetNs,
+    /// The router's interfaces, each with the directed broadcast address of its subnet
+    /// (what a capture sends its end marker to).
+    taps: Taps,
+    /// Router interfaces towards nodes, by node slot.
+    node_links: Mutex<BTreeMap<usize, String>>,
+    /// Where captures keep their pcap files.
+    capture_dir: PathBuf,
+}
+
+impl Router {
+    /// Creates the router namespace `name` with forwarding and the drop rules of `drops`.
+    pub(crate) fn create(name: &str, capture_dir: &Path, drops: Drops) -> Router {
+        let netns = NetNs::create(name);
+        netns.set_sysctl("net.ipv4.ip_forward", "1");
         let mut nft = netns.command("nft");
         nft.args(["-f", "-"]);
-        crate::exec::output_ok(nft, Some(ruleset.as_bytes()));
+        crate::exec::output_ok(nft, Some(drops.ruleset().as_bytes()));
         Router {
             netns,
-            links: Mutex::new(BTreeMap::new()),
+            taps: Taps::default(),
             node_links: Mutex::new(BTreeMap::new()),
             capture_dir: capture_dir.to_path_buf(),
         }
     }
 
-    /// Connects `peer` with a veth: `router_link` here, `eth0` there; addresses on both
-    /// ends and the peer's default route via the router.
-    fn attach(
-        &self,
-        peer: &NetNs,
-        router_link: &str,
-        router_ip: Ipv4Addr,
-        peer_ip: Ipv4Addr,
-        prefix_len: u8,
-    ) {
-        self.netns.ip_batch(&[format!(
-            "link add {router_link} type veth peer name eth0 netns {}",
-            peer.name()
-        )]);
-        // Before the links come up, so not even one IPv6 packet is sent.
-        self.netns
-            .set_sysctl(&format!("net.ipv6.conf.{router_link}.disable_ipv6"), "1");
-        peer.set_sysctl("net.ipv6.conf.eth0.disable_ipv6", "1");
+    /// Connects `peer` with a veth: `router_link` here, `peer_link` there; addresses on
+    /// both ends and the peer's default route via the router.
+    pub(crate) fn attach(&self, peer: &NetNs, a: Attachment<'_>) {
+        self.netns.add_veth(a.router_link, peer, a.peer_link);
         self.netns.ip_batch(&[
-            format!("addr add {router_ip}/{prefix_len} dev {router_link}"),
-            format!("link set {router_link} up"),
+            format!(
+                "addr add {}/{} dev {}",
+                a.router_ip, a.prefix_len, a.router_link
+            ),
+            format!("link set {} up", a.router_link),
         ]);
-        peer.ip_batch(&[
-            format!("addr add {peer_ip}/{prefix_len} dev eth0"),
-            "link set eth0 up".to_string(),
-            format!("route add default via {router_ip}"),
-        ]);
-        let net = u32::from(peer_ip) & (u32::MAX << (32 - prefix_len));
-        let broadcast = Ipv4Addr::from(net | !(u32::MAX << (32 - prefix_len)));
-        self.links
-            .lock()
-            .expect("router links")
-            .insert(router_link.to_string(), broadcast);
+        peer.plug_in(a.peer_link, a.peer_ip, a.prefix_len, a.router_ip);
+        let subnet = Ipv4Net::new(a.peer_ip, a.prefix_len).expect("a valid prefix length");
+        self.taps.add(a.router_link, subnet.broadcast());
+    }
+
+    /// Routes `destination` via `gateway` (an address in one of the router's subnets):
+    /// e.g. a NAT gateway's public addresses.
+    pub(crate) fn add_route(&self, destination: Ipv4Net, gateway: Ipv4Addr) {
+        self.netns
+            .ip_batch(&[format!("route add {destination} via {gateway}")]);
     }
 
     /// Connects a node's network namespace in its slot's subnet; returns the MAC address
@@ -128,10 +181,13 @@ impl Router {
         let link = node_link(addresses.index);
         self.attach(
             node_netns,
-            &link,
-            addresses.router_ip,
-            addresses.underlay_ip,
-            NODE_PREFIX_LEN,
+            Attachment {
+                router_link: &link,
+                peer_link: crate::node::UNDERLAY_LINK,
+                router_ip: addresses.router_ip,
+                peer_ip: addresses.underlay_ip,
+                prefix_len: NODE_PREFIX_LEN,
+            },
         );
         let mac = self.netns.link_mac(&link);
         self.node_links
@@ -144,7 +200,7 @@ impl Router {
     /// Forgets a removed node's link (the veth went away with the node's namespace).
     pub(crate) fn detach_node(&self, index: usize) {
         if let Some(link) = self.node_links.lock().expect("router links").remove(&index) {
-            self.links.lock().expect("router links").remove(&link);
+            self.taps.remove(&link);
             // Normally gone already; deleting twice is harmless.
             let _ = self.netns.exec(&["ip", "link", "delete", &link]);
         }
@@ -154,16 +210,28 @@ impl Router {
     pub(crate) fn attach_internet(&self, internet: &NetNs) {
         self.attach(
             internet,
-            INTERNET_LINK,
-            INTERNET_ROUTER_IP,
-            INTERNET_IP,
-            INTERNET_PREFIX_LEN,
+            Attachment {
+                router_link: INTERNET_LINK,
+                peer_link: "eth0",
+                router_ip: INTERNET_ROUTER_IP,
+                peer_ip: INTERNET_IP,
+                prefix_len: INTERNET_PREFIX_LEN,
+            },
         );
     }
 
     /// Connects the API server's host.
     pub(crate) fn attach_api(&self, api: &NetNs) {
-        self.attach(api, API_LINK, API_ROUTER_IP, API_IP, API_PREFIX_LEN);
+        self.attach(
+            api,
+            Attachment {
+                router_link: API_LINK,
+                peer_link: "eth0",
+                router_ip: API_ROUTER_IP,
+                peer_ip: API_IP,
+                prefix_len: API_PREFIX_LEN,
+            },
+        );
     }
 
     /// The router's network namespace name (under /run/netns on the host).
@@ -190,6 +258,12 @@ impl Router {
     /// the pod range.
     pub fn pod_range_drops(&self) -> u64 {
         self.counter_packets(POD_RANGE_COUNTER)
+    }
+
+    /// Packets the router has dropped so far because their source or destination is a
+    /// private address (pod range included); only a router with [`Drops::Private`].
+    pub fn private_drops(&self) -> u64 {
+        self.counter_packets(PRIVATE_COUNTER)
     }
 
     /// Panics unless no packet from or to the pod range has reached the router since the
@@ -244,13 +318,7 @@ impl Router {
 
     /// The packet count of the named nftables counter `name` in the router's table.
     pub fn counter_packets(&self, name: &str) -> u64 {
-        let json = self.exec_ok(&["nft", "-j", "list", "counter", "ip", NFT_TABLE, name]);
-        let value: serde_json::Value = serde_json::from_str(&json)
-            .unwrap_or_else(|e| panic!("nft -j printed no JSON ({e}): {json}"));
-        value["nftables"]
-            .as_array()
-            .and_then(|items| items.iter().find_map(|i| i["counter"]["packets"].as_u64()))
-            .unwrap_or_else(|| panic!("no packet count for counter {name} in {json}"))
+        nft_counter(self, NFT_TABLE, name)
     }
 
     /// Captures, on every interface towards a node, the packets matching the tcpdump
@@ -269,24 +337,43 @@ impl Router {
         filter: &str,
         work: impl FnOnce() -> R,
     ) -> (R, Capture) {
-        let known = self.links.lock().expect("router links").clone();
-        let targets: Vec<(String, Ipv4Addr)> = links
-            .iter()
-            .map(|l| {
-                let broadcast = known
-                    .get(*l)
-                    .unwrap_or_else(|| panic!("the router has no interface {l}"));
-                (l.to_string(), *broadcast)
-            })
-            .collect();
-        capture::during(
-            &self.netns.path(),
-            &targets,
-            filter,
-            &self.capture_dir,
-            work,
-        )
+        let taps: Vec<Tap> = links.iter().map(|l| self.tap(l, l.to_string())).collect();
+        capture::during(&taps, filter, &self.capture_dir, work)
     }
+
+    /// The router's interfaces, sorted.
+    pub fn links(&self) -> Vec<String> {
+        self.taps.names()
+    }
+
+    /// A tap on the router's interface `link`, labelled `label` in captures.
+    pub(crate) fn tap(&self, link: &str, label: String) -> Tap {
+        self.taps.tap(&self.netns.path(), link, label)
+    }
+}
+
+/// The packet count of the named nftables counter `name` of table `ip <table>` in
+/// `place`.
+pub(crate) fn nft_counter(place: &impl Exec, table: &str, name: &str) -> u64 {
+    try_nft_counter(place, table, name).unwrap_or_else(|| {
+        let out = place.exec(&["nft", "-j", "list", "counter", "ip", table, name]);
+        panic!(
+            "no packet count for counter {name} of table {table} in {}: {}{}",
+            place.place(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Like [`nft_counter`], None when it cannot be read (for failure messages).
+pub(crate) fn try_nft_counter(place: &impl Exec, table: &str, name: &str) -> Option<u64> {
+    let out = place.exec(&["nft", "-j", "list", "counter", "ip", table, name]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    value["nftables"]
+        .as_array()?
+        .iter()
+        .find_map(|i| i["counter"]["packets"].as_u64())
 }
 
 /// Traffic the router drops between two addresses (see [`Router::block`]); forwarded
@@ -339,6 +426,11 @@ impl Internet {
         self.netns.name()
     }
 
+    /// The internet host's network namespace file (e.g. for [`crate::probe::udp_socket`]).
+    pub fn host_netns_path(&self) -> PathBuf {
+        self.netns.path()
+    }
+
     /// How a person gets a shell on the internet host.
     pub fn enter_command(&self) -> String {
         format!("nsenter --net={}", self.netns.path().display())
@@ -359,6 +451,12 @@ impl Internet {
     /// `wget` segfaults, even on the host).
     pub fn start_whoami(&self, port: u16) -> WhoAmI {
         WhoAmI::start(&self.netns.path(), SocketAddr::from((INTERNET_IP, port)))
+    }
+}
+
+impl Uplink for Router {
+    fn attach(&self, node: &NetNs, _name: &str, addresses: &NodeAddresses) -> Mac {
+        self.attach_node(node, addresses)
     }
 }
 

@@ -110,3 +110,50 @@ fn the_demo_checks_every_step_and_tears_down() {
     );
     assert!(stdout.contains("Tearing down."));
 }
+
+#[test]
+fn the_multicloud_demo_connects_every_pod_pair_and_tears_down() {
+    require_root!();
+    let out = Command::new(BIN)
+        .args(["demo", "multicloud"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("wgmesh-testbed runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = stdout.lines().next().unwrap_or_default();
+    let id = first
+        .split_once("(testbed ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("no testbed id in {first:?}"));
+    assert!(
+        stdout.contains("gw-h2: masquerade,"),
+        "no picture:\n{stdout}"
+    );
+    for step in 1..=6 {
+        assert!(
+            stdout.contains(&format!("== {step}. ")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    // Every step passes: the 20 pod pairs across sites and NATs, only WireGuard on the
+    // internet, a1-a2 on their LAN (issue #14).
+    let summary = stdout
+        .split_once("Summary")
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    for step in 1..=6 {
+        assert!(
+            summary.contains(&format!("OK\u{1b}[0m     {step}. ")),
+            "step {step} failed:\n{stdout}"
+        );
+    }
+    assert!(summary.contains("All checks passed."), "{stdout}");
+    assert!(
+        out.status.success(),
+        "exit status {}:\n{stdout}",
+        out.status
+    );
+    assert!(stdout.contains("Tearing down."), "{stdout}");
+    assert_no_namespaces_of(&id);
+}
