@@ -469,6 +469,119 @@ fn under_load_a_retry_carrying_the_cookie_is_answered_so_no_peer_stays_in_cookie
 }
 
 #[test]
+fn a_burst_of_handshakes_past_the_budget_gets_cookies_and_every_peer_completes_on_its_retry() {
+    // One responder (as node0 after a restart) and many initiators at once. Most of the
+    // second's budget is already spent (by a flood, or the mesh's first handshakes), so
+    // only the first few of the burst fit; the limiter is not reset during the test
+    // (the device resets it once a second), so the split does not depend on timing.
+    const PEERS: u32 = 64;
+    const ROOM: u64 = 20;
+    let responder_key = PrivateKey::generate().unwrap();
+    let responder = Identity::new(&responder_key);
+    let responder_addr = addr(B_ADDR);
+    let mut initiators: Vec<(Side, SocketAddr)> = (0..PEERS)
+        .map(|i| {
+            let own = PrivateKey::generate().unwrap();
+            let mut side = Side::new(&own, &responder_key, None, i + 1);
+            side.tunnel.set_endpoint(responder_addr);
+            let from = SocketAddr::from((Ipv4Addr::new(198, 51, 100, i as u8 + 1), 51820));
+            (side, from)
+        })
+        .collect();
+    let mut tunnels: Vec<Tunnel> = initiators
+        .iter()
+        .enumerate()
+        .map(|(i, (side, _))| {
+            let peer = side.identity.public_key();
+            Tunnel::new(
+                Some(&responder),
+                peer,
+                None,
+                1000 + i as u32,
+                Instant::now(),
+            )
+        })
+        .collect();
+    // A stranger's initiation, repeated, spends the budget.
+    let mut stranger = Side::new(&PrivateKey::generate().unwrap(), &responder_key, None, 999);
+    stranger.tunnel.set_endpoint(responder_addr);
+    let spend = stranger.send(&first_packet());
+    let stranger_ip = Some(addr(A_ADDR).ip());
+    let mut scratch = [0u8; COOKIE_LEN];
+    for _ in 0..HANDSHAKE_RATE_LIMIT - 2 * ROOM {
+        let checked = responder
+            .rate_limiter
+            .verify_packet(stranger_ip, &spend, &mut scratch);
+        assert!(checked.is_ok());
+    }
+    // The responder's side of one handshake message: the device's check, then the tunnel.
+    let mut out = vec![0u8; MAX_PACKET];
+    let mut outbox = Outbox::default();
+    let mut answer = |tunnel: &mut Tunnel, from: SocketAddr, init: &[u8]| -> Vec<u8> {
+        let mut cookie = [0u8; COOKIE_LEN];
+        if let Err(e) = responder
+            .rate_limiter
+            .verify_packet(Some(from.ip()), init, &mut cookie)
+        {
+            let TunnResult::WriteToNetwork(reply) = e else {
+                panic!("neither accepted nor a cookie: {e:?}");
+            };
+            return reply.to_vec();
+        }
+        outbox.clear();
+        let r = tunnel.decapsulate(from, init, &mut out, &mut outbox);
+        assert!(matches!(r, Decap::Nothing), "{r:?}");
+        let replies: Vec<Vec<u8>> = outbox.iter().map(<[u8]>::to_vec).collect();
+        assert_eq!(replies.len(), 1, "one response");
+        replies.into_iter().next().unwrap_or_default()
+    };
+
+    // The burst: every initiator's first packet starts a handshake at once.
+    let (mut responses, mut cookies) = (0u64, 0u64);
+    for ((side, from), tunnel) in initiators.iter_mut().zip(&mut tunnels) {
+        let init = side.send(&first_packet());
+        let reply = answer(tunnel, *from, &init);
+        match reply[0] {
+            MSG_RESPONSE => responses += 1,
+            MSG_COOKIE => cookies += 1,
+            other => panic!("reply of type {other}"),
+        }
+        assert_eq!(side.receive(B_ADDR, &reply).0, Ok(None));
+    }
+    // Each handshake that fits takes two counts (the device's and the tunnel's).
+    assert_eq!(responses, ROOM, "the room left in the budget");
+    assert_eq!(cookies, u64::from(PEERS) - ROOM, "the rest asked for proof");
+
+    // Their retries (boringtun sends them after REKEY_TIMEOUT; forced here) carry the
+    // cookie and are answered although the responder is still under load.
+    let mut buf = [0u8; 256];
+    for ((side, from), tunnel) in initiators.iter_mut().zip(&mut tunnels) {
+        if side.tunnel.stats().last_handshake.is_some() {
+            continue;
+        }
+        let tunn = side.tunnel.tunn.as_mut().expect("a key");
+        let retry = match tunn.format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            other => panic!("no retry: {other:?}"),
+        };
+        let reply = answer(tunnel, *from, &retry);
+        assert_eq!(reply[0], MSG_RESPONSE, "a retry with a cookie is answered");
+        assert_eq!(side.receive(B_ADDR, &reply).0, Ok(None));
+    }
+    for (i, (side, _)) in initiators.iter().enumerate() {
+        assert!(
+            side.tunnel.stats().last_handshake.is_some(),
+            "peer {i} stuck"
+        );
+    }
+    // Still under load: an initiation without a cookie is still asked for one.
+    let checked = responder
+        .rate_limiter
+        .verify_packet(stranger_ip, &spend, &mut scratch);
+    assert!(checked.is_err(), "the budget stayed spent");
+}
+
+#[test]
 fn a_tunnel_quiet_for_ten_minutes_is_not_ticked_until_its_next_packet() {
     let (mut a, mut b, _) = connected_pair(None);
     let t0 = Instant::now();
