@@ -55,5 +55,7 @@ cargo bench --profile dev -p wgmesh --bench mesh -- --smoke
 cargo bench --profile dev -p wgmesh-cni --bench add_del -- --smoke
 RUNS=1 BIN_DIR="$target_dir/debug" ./hack/bench-wireguard.sh 1 \
   veth wgmesh-wg wireguard-go pod-agent pod-wireguard-go
+# Every scenario of the scale benchmark at 12 and 24 nodes (about 40 s).
+BIN_DIR="$target_dir/debug" ./hack/bench-scale.sh --smoke >/dev/null
 # Each parser's fuzz target for a bounded time; a crash fails the run.
 ./hack/fuzz.sh "${FUZZ_SECONDS:-60}"
