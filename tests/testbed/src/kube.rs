@@ -98,8 +98,19 @@ impl Kube {
 
     /// Creates `node`'s Node object, as its kubelet registers it.
     pub fn create_node(&self, node: &crate::node::Node) {
-        let name = node.name().to_string();
-        let node = node_object(&name, node.addresses(), node.labels());
+        self.create_node_object(node.name(), node.addresses(), node.labels());
+    }
+
+    /// Creates the Node object `name` with `addresses` and `labels`, as its kubelet
+    /// registers it (see [`node_object`]).
+    pub fn create_node_object(
+        &self,
+        name: &str,
+        addresses: &NodeAddresses,
+        labels: &BTreeMap<String, String>,
+    ) {
+        let node = node_object(name, addresses, labels);
+        let name = name.to_string();
         self.run(|client| async move {
             Api::<Node>::all(client)
                 .create(&PostParams::default(), &node)

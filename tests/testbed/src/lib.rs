@@ -322,9 +322,30 @@ impl Testbed {
 
     /// The annotations of node `i`'s Node object (empty if it has none or is gone).
     pub fn node_annotations(&self, i: usize) -> BTreeMap<String, String> {
+        self.node_annotations_named(self.node(i).name())
+    }
+
+    /// Creates the Node object `name` of a node that runs outside the testbed's
+    /// namespaces but on its router in slot `addresses.index` (the test VM of
+    /// `tests/vm`, say), as its kubelet would register it. Such a node is not in
+    /// [`Testbed::nodes`]: [`Testbed::wait_for_mesh`] does not know it, so wait with
+    /// [`Node::wait_for_peers`] instead.
+    pub fn create_foreign_node_object(&self, name: &str, addresses: &NodeAddresses) {
+        self.kube
+            .create_node_object(name, addresses, &BTreeMap::new());
+    }
+
+    /// Deletes the Node object `name` if it exists (e.g. one made by
+    /// [`Testbed::create_foreign_node_object`]).
+    pub fn delete_node_object_named(&self, name: &str) {
+        self.kube.delete_node_if_exists(name);
+    }
+
+    /// The annotations of the Node object `name` (empty if it has none or is gone).
+    pub fn node_annotations_named(&self, name: &str) -> BTreeMap<String, String> {
         self.kube
             .node_annotations()
-            .remove(self.node(i).name())
+            .remove(name)
             .unwrap_or_default()
     }
 

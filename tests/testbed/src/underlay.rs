@@ -197,8 +197,22 @@ impl Router {
         mac
     }
 
-    /// Forgets a removed node's link (the veth went away with the node's namespace).
-    pub(crate) fn detach_node(&self, index: usize) {
+    /// Adopts the interface towards node slot `addresses.index` that something outside
+    /// the testbed plugged into the router (the test VM of `tests/vm`, say), with the
+    /// router's address in that slot's subnet already on it: captures then tap it like
+    /// the testbed's own node links. Undone by [`Router::detach_node`].
+    pub fn adopt_node_link(&self, addresses: &NodeAddresses) {
+        let link = node_link(addresses.index);
+        self.taps.add(&link, addresses.broadcast);
+        self.node_links
+            .lock()
+            .expect("router links")
+            .insert(addresses.index, link);
+    }
+
+    /// Forgets a removed node's link and deletes the router's end if it is still there
+    /// (normally the veth went away with the node's namespace).
+    pub fn detach_node(&self, index: usize) {
         if let Some(link) = self.node_links.lock().expect("router links").remove(&index) {
             self.taps.remove(&link);
             // Normally gone already; deleting twice is harmless.
