@@ -32,6 +32,8 @@ pub const NODE_NAME: &str = "vm";
 const DIR: &str = "/run/wgmesh-vm-node";
 /// The agent's log in the VM (every start appended).
 const AGENT_LOG: &str = "/run/wgmesh-vm-node/agent.log";
+/// What [`VmNode::start_agent`] writes to the agent's log before each start.
+const START_MARKER: &str = "=== vm node: starting the agent";
 /// The node kubeconfig in the VM.
 const KUBECONFIG: &str = "/run/wgmesh-vm-node/kubeconfig";
 /// The testbed agents' log filter.
@@ -113,7 +115,7 @@ impl<'a> VmNode<'a> {
             "sh",
             "-c",
             // The agent in the background, detached from the guest's pipes; its pid out.
-            "echo \"=== vm node: starting the agent (args $*) ===\" >> \"$LOG\"; \
+            "echo \"$MARK (args $*) ===\" >> \"$LOG\"; \
              \"$0\" \"$@\" < /dev/null >> \"$LOG\" 2>&1 & echo $!",
             &wgmesh,
             "agent",
@@ -126,8 +128,9 @@ impl<'a> VmNode<'a> {
         ];
         argv.extend_from_slice(extra);
         let script_env = format!("LOG={AGENT_LOG}");
+        let marker = format!("MARK={START_MARKER}");
         let rust_log = format!("RUST_LOG={RUST_LOG}");
-        let mut full = vec!["env", &script_env, &rust_log, "NO_COLOR=1"];
+        let mut full = vec!["env", &script_env, &marker, &rust_log, "NO_COLOR=1"];
         full.extend(argv);
         let out = self.vm.exec_ok(&full);
         let pid = out
@@ -175,6 +178,15 @@ impl<'a> VmNode<'a> {
     /// Everything the agent logged (all of its starts).
     pub fn agent_log(&self) -> String {
         String::from_utf8_lossy(&self.vm.exec(&["cat", AGENT_LOG]).stdout).into_owned()
+    }
+
+    /// What the agent logged since its latest start.
+    pub fn agent_log_since_start(&self) -> String {
+        let log = self.agent_log();
+        match log.rfind(START_MARKER) {
+            Some(i) => log[i..].to_string(),
+            None => log,
+        }
     }
 
     /// The VM's `/etc/cni/net.d/10-wgmesh.conflist`, once the agent wrote it.
