@@ -84,6 +84,10 @@ enum Command {
         /// put in place of the agents on the same nodes).
         #[arg(long, value_delimiter = ',', default_value = "agent,wireguard-go")]
         data_planes: Vec<String>,
+        /// The clusters' layout (as for `up`): `dualstack` runs the tunnel over an IPv6
+        /// underlay.
+        #[arg(long, default_value = "ipv4", value_parser = parse_layout)]
+        layout: Layout,
     },
 }
 
@@ -142,7 +146,8 @@ fn main() -> ExitCode {
         Command::Bench {
             seconds,
             data_planes,
-        } => return bench(seconds, &data_planes),
+            layout,
+        } => return bench(seconds, &data_planes, layout),
     }
     ExitCode::SUCCESS
 }
@@ -182,7 +187,7 @@ fn run_demo(keep: bool) -> ExitCode {
     }
 }
 
-fn bench(seconds: u32, names: &[String]) -> ExitCode {
+fn bench(seconds: u32, names: &[String], layout: Layout) -> ExitCode {
     let mut planes = Vec::new();
     for name in names {
         match DataPlane::parse(name) {
@@ -197,7 +202,7 @@ fn bench(seconds: u32, names: &[String]) -> ExitCode {
         if STOP.load(Ordering::SeqCst) {
             return ExitCode::FAILURE;
         }
-        say!("{}", bench::measure(plane, seconds).to_json());
+        say!("{}", bench::measure(plane, seconds, layout).to_json());
     }
     ExitCode::SUCCESS
 }
