@@ -55,7 +55,7 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 }
 
 /// The backoff of a watch that may fail for a long time (the Peer watch of a cluster
-/// without the CRD): from 1 s doubling to 30 s. Each reconnect yields an `Init`
+/// without the CRD): from 1 s doubling to 15 s. Each reconnect yields an `Init`
 /// event before its list fails, and kube-runtime resets the backoff on every event, so a
 /// reset takes effect only once the watch ran for [`QuietBackoff::STABLE`] without
 /// an error.
@@ -67,7 +67,7 @@ pub struct QuietBackoff {
 
 impl QuietBackoff {
     pub const MIN: Duration = Duration::from_secs(1);
-    pub const MAX: Duration = Duration::from_secs(30);
+    pub const MAX: Duration = Duration::from_secs(15);
     pub const STABLE: Duration = Duration::from_secs(120);
 }
 

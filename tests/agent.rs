@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::{Agent, WAIT, create_node, create_nodes, node};
+use support::{Agent, WAIT, create_node, create_nodes, node, published};
 use wgmesh::key::{PrivateKey, PublicKey};
 use wgmesh_testkit::apiserver::TestApiServer;
 use wgmesh_testkit::eventually;
@@ -285,17 +285,7 @@ async fn agents_reconnect_after_the_api_server_restarts_and_see_what_changed() {
     // resume from a resourceVersion it no longer knows, get 410 Gone and relist.
     server.restart();
     let nodes: Api<Node> = Api::all(server.client().await);
-    let mut n3 = node("n3", "192.0.2.3", "10.244.3.0/24");
-    n3.metadata.annotations = Some(BTreeMap::from([
-        (
-            "wgmesh.io/public-key".to_string(),
-            PrivateKey::generate().unwrap().public_key().to_base64(),
-        ),
-        (
-            "wgmesh.io/endpoint".to_string(),
-            "192.0.2.3:51820".to_string(),
-        ),
-    ]));
+    let n3 = published(node("n3", "192.0.2.3", "10.244.3.0/24"), "192.0.2.3:51820");
     create_node(&nodes, &n3).await;
     agents[0].wait_for_peers(&["n2", "n3"], WAIT);
     agents[1].wait_for_peers(&["n1", "n3"], WAIT);
@@ -438,17 +428,7 @@ async fn a_change_right_after_an_api_server_outage_reaches_every_agent_within_tw
     server.restart();
     let back = Instant::now();
     let nodes: Api<Node> = Api::all(server.client().await);
-    let mut n3 = node("n3", "192.0.2.3", "10.244.3.0/24");
-    n3.metadata.annotations = Some(BTreeMap::from([
-        (
-            "wgmesh.io/public-key".to_string(),
-            PrivateKey::generate().unwrap().public_key().to_base64(),
-        ),
-        (
-            "wgmesh.io/endpoint".to_string(),
-            "192.0.2.3:51820".to_string(),
-        ),
-    ]));
+    let n3 = published(node("n3", "192.0.2.3", "10.244.3.0/24"), "192.0.2.3:51820");
     create_node(&nodes, &n3).await;
     agents[0].wait_for_peers(&["n2", "n3"], WAIT);
     agents[1].wait_for_peers(&["n1", "n3"], WAIT);

@@ -124,9 +124,12 @@ fn from_text(text: &str) -> (Vec<NodeView>, Vec<PeerView>) {
                 "allowedIPs" => peer.allowed_ips = list(value),
                 "endpoint" => peer.endpoint = Some(value.to_string()),
                 "persistentKeepalive" => peer.persistent_keepalive = value.parse().ok(),
+                "allowedDestinations" => peer.allowed_destinations = list(value),
                 _ => {
                     if let Some(kind) = key.strip_prefix("status.") {
                         node.addresses.push((kind.to_string(), value.to_string()));
+                    } else if let Some(label) = key.strip_prefix("label.") {
+                        node.labels.insert(label.to_string(), value.to_string());
                     } else if key.starts_with(annotation::PREFIX) {
                         node.annotations.insert(key.to_string(), value.to_string());
                     }
@@ -187,7 +190,8 @@ fn values(value: &str) {
 }
 
 fn check_subnets(s: &PodSubnets) {
-    assert!(s.v4.prefix_len() <= 30);
+    assert!(s.v4.is_some() || s.v6.is_some(), "at least one family");
+    assert!(s.v4.is_none_or(|n| n.prefix_len() <= 30));
     assert!(s.v6.is_none_or(|n| n.prefix_len() <= 126));
     for (net, gw) in s.nets().zip(s.gateways()) {
         assert_eq!(net.trunc(), net, "host bits");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::dataplane::PeerPath;
 use crate::key::PublicKey;
-use crate::mesh::paths::{self, DirectPath, Observations};
+use crate::mesh::paths::{self, DirectPath, Discoveries, Observations};
 use crate::mesh::{MeshPlan, ParsedNode};
 
 /// How often a peer that cannot be reached directly is probed again.
@@ -59,6 +59,7 @@ impl PathTracker {
         now: Instant,
         local: &str,
         nodes: &dyn Fn(&str) -> Option<&'a ParsedNode>,
+        published: &Discoveries,
         plan: &MeshPlan,
         seen: &BTreeMap<PublicKey, PeerPath>,
     ) -> (Vec<PublicKey>, bool) {
@@ -93,7 +94,7 @@ impl PathTracker {
             let Some(local_node) = local_node else {
                 continue;
             };
-            if !paths::nat_to_nat(local_node, node) {
+            if !paths::nat_to_nat(local_node, node, published) {
                 continue;
             }
             tracked.insert(name.clone());
@@ -176,6 +177,25 @@ mod tests {
         parse(&view, &MeshConfig::default())
     }
 
+    /// A public node that published where it sees h1 and h2: both are behind NAT.
+    fn observer_of_homes() -> Discoveries {
+        let map = format!(
+            "{{\"{}\": \"203.0.113.121:51820\", \"{}\": \"203.0.113.131:40000\"}}",
+            key(1).to_base64(),
+            key(2).to_base64()
+        );
+        let view = NodeView {
+            name: "a1".into(),
+            annotations: BTreeMap::from([
+                (annotation::PUBLIC_KEY.into(), key(9).to_base64()),
+                (annotation::DISCOVERED_ENDPOINTS.into(), map),
+            ]),
+            ..NodeView::default()
+        };
+        let observer = parse(&view, &MeshConfig::default());
+        Discoveries::collect([&observer])
+    }
+
     fn plan_with_peer(name: &str, i: u8, endpoint: Option<&str>) -> MeshPlan {
         let mut plan = MeshPlan::default();
         plan.peers.insert(
@@ -197,6 +217,7 @@ mod tests {
     fn a_silent_peer_behind_nat_is_probed_then_relayed_and_direct_again_once_it_answers() {
         let (h1, h2) = (home("h1", 1), home("h2", 2));
         let nodes = |n: &str| [&h1, &h2].into_iter().find(|p| p.name == n);
+        let homes = observer_of_homes();
         let plan = plan_with_peer("h2", 2, Some("203.0.113.131:40000"));
         let mut t = PathTracker::default();
         let t0 = Instant::now();
@@ -210,23 +231,38 @@ mod tests {
                 },
             )])
         };
-        let (probe, _) = t.update(t0, "h1", &nodes, &plan, &seen(0));
+        let (probe, _) = t.update(t0, "h1", &nodes, &homes, &plan, &seen(0));
         assert_eq!(probe, [key(2)], "hole punching starts at once");
         assert!(t.report().no_direct.is_empty(), "not before the wait");
-        let (probe, _) = t.update(t0 + Duration::from_secs(2), "h1", &nodes, &plan, &seen(0));
+        let (probe, _) = t.update(
+            t0 + Duration::from_secs(2),
+            "h1",
+            &nodes,
+            &homes,
+            &plan,
+            &seen(0),
+        );
         assert!(probe.is_empty(), "probes are paced");
-        let (_, changed) = t.update(t0 + paths::HOLE_PUNCH_WAIT, "h1", &nodes, &plan, &seen(0));
+        let (_, changed) = t.update(
+            t0 + paths::HOLE_PUNCH_WAIT,
+            "h1",
+            &nodes,
+            &homes,
+            &plan,
+            &seen(0),
+        );
         assert!(changed);
         assert_eq!(t.report().no_direct, BTreeSet::from(["h2".to_string()]));
         // Relayed, the direct path is still probed; once something arrives on it, the
         // pair is direct again.
         let later = t0 + Duration::from_secs(30);
-        let (probe, _) = t.update(later, "h1", &nodes, &plan, &seen(0));
+        let (probe, _) = t.update(later, "h1", &nodes, &homes, &plan, &seen(0));
         assert_eq!(probe, [key(2)]);
         let (_, changed) = t.update(
             later + Duration::from_secs(1),
             "h1",
             &nodes,
+            &homes,
             &plan,
             &seen(148),
         );
@@ -238,12 +274,14 @@ mod tests {
     fn nothing_to_try_means_relay_at_once_and_observations_become_discoveries() {
         let (h1, h2) = (home("h1", 1), home("h2", 2));
         let nodes = |n: &str| [&h1, &h2].into_iter().find(|p| p.name == n);
+        let homes = observer_of_homes();
         let mut t = PathTracker::default();
         let now = Instant::now();
         let (probe, _) = t.update(
             now,
             "h1",
             &nodes,
+            &homes,
             &plan_with_peer("h2", 2, None),
             &BTreeMap::new(),
         );
@@ -262,6 +300,7 @@ mod tests {
             now,
             "h1",
             &nodes,
+            &homes,
             &plan_with_peer("h2", 2, Some("203.0.113.131:40000")),
             &seen,
         );
@@ -275,5 +314,28 @@ mod tests {
             "seen elsewhere than it publishes: a discovery"
         );
         assert_eq!(t.report().observed.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn peers_nobody_saw_behind_a_nat_are_neither_probed_nor_listed() {
+        // Today's flat cluster: no labels, no public addresses, nobody behind NAT.
+        let (h1, h2) = (home("h1", 1), home("h2", 2));
+        let nodes = |n: &str| [&h1, &h2].into_iter().find(|p| p.name == n);
+        let nobody = Discoveries::default();
+        let plan = plan_with_peer("h2", 2, Some("192.168.2.2:51820"));
+        let mut t = PathTracker::default();
+        let t0 = Instant::now();
+        for s in [0, 10, 60] {
+            let (probe, _) = t.update(
+                t0 + Duration::from_secs(s),
+                "h1",
+                &nodes,
+                &nobody,
+                &plan,
+                &BTreeMap::new(),
+            );
+            assert!(probe.is_empty(), "no probes at {s} s");
+        }
+        assert!(t.report().no_direct.is_empty());
     }
 }

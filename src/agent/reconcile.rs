@@ -254,10 +254,12 @@ impl Reconciler {
         let seen = dataplane.peer_paths();
         let parsed = &self.parsed;
         let nodes = |name: &str| parsed.get(name).map(|(_, p)| p);
+        let published = mesh::paths::Discoveries::collect(parsed.values().map(|(_, p)| p));
         let (probe, changed) = self.paths.update(
             std::time::Instant::now(),
             &self.cfg.node_name,
             &nodes,
+            &published,
             plan,
             &seen,
         );

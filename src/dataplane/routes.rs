@@ -137,13 +137,7 @@ pub async fn reconcile(nl: &Netlink, want: &[Route]) -> Result<Changes> {
 /// guard a starting agent puts in place before anything else.
 pub async fn ensure_unreachable(nl: &Netlink, prefixes: &[IpNet]) -> Result<Vec<IpNet>> {
     let want = unreachable(prefixes);
-    let mut have: Vec<Route> = nl.routes(false).await?;
-    have.extend(nl.routes(true).await?);
-    let have_keys: BTreeSet<Key> = have
-        .iter()
-        .filter(|r| r.protocol == PROTO_WGMESH)
-        .map(key)
-        .collect();
+    let have_keys = installed(nl).await?;
     let mut added = Vec::new();
     for r in want.iter().filter(|r| !have_keys.contains(&key(r))) {
         nl.ensure_route(r).await?;
@@ -154,17 +148,22 @@ pub async fn ensure_unreachable(nl: &Netlink, prefixes: &[IpNet]) -> Result<Vec<
 
 /// The planned routes the kernel does not have (for readiness).
 pub async fn missing(nl: &Netlink, want: &[Route]) -> Result<Vec<IpNet>> {
-    let mut have: Vec<Route> = nl.routes(false).await?;
-    have.extend(nl.routes(true).await?);
-    let have_keys: BTreeSet<Key> = have
-        .iter()
-        .filter(|r| r.protocol == PROTO_WGMESH)
-        .map(key)
-        .collect();
+    let have_keys = installed(nl).await?;
     Ok(want
         .iter()
         .filter(|r| !have_keys.contains(&key(r)))
         .map(|r| r.dst)
+        .collect())
+}
+
+/// The keys of wgmesh's routes in the kernel, both families.
+async fn installed(nl: &Netlink) -> Result<BTreeSet<Key>> {
+    let mut have: Vec<Route> = nl.routes(false).await?;
+    have.extend(nl.routes(true).await?);
+    Ok(have
+        .iter()
+        .filter(|r| r.protocol == PROTO_WGMESH)
+        .map(key)
         .collect())
 }
 

@@ -69,7 +69,7 @@ impl Drop for PeerWatch {
 
 impl PeerWatch {
     /// Starts watching; `changed` is notified after each applied event. Without the
-    /// CRD the watch keeps retrying, up to 30 s apart, quietly after the first note.
+    /// CRD the watch keeps retrying, up to 15 s apart, quietly after the first note.
     pub fn start(client: kube::Client, changed: Arc<Notify>) -> Self {
         let ar = resource();
         let writer = reflector::store::Writer::new(ar.clone());
@@ -82,13 +82,7 @@ impl PeerWatch {
             let mut warned = false;
             while let Some(event) = stream.next().await {
                 match event {
-                    // The store changes on these; `Init` (every reconnect, even one that
-                    // fails next) and `InitApply` (a relist in progress) do not need a pass.
-                    Ok(
-                        watcher::Event::Apply(_)
-                        | watcher::Event::Delete(_)
-                        | watcher::Event::InitDone,
-                    ) => changed.notify_one(),
+                    Ok(e) if super::watch::store_changed(&e) => changed.notify_one(),
                     Ok(_) => {}
                     Err(e) if !warned => {
                         tracing::info!(error = %e, "no Peer objects (is the peers.wgmesh.io CRD installed?); retrying");

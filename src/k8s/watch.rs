@@ -13,6 +13,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+/// Whether a watch event changed the store (and a reconcile pass is due): `Init`
+/// (every reconnect, even one that fails next) and `InitApply` (a relist in progress)
+/// do not.
+pub fn store_changed<K>(event: &watcher::Event<K>) -> bool {
+    matches!(
+        event,
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone
+    )
+}
+
 /// A running Node watch: the store of every Node, and the task that fills it.
 pub struct NodeWatch {
     pub store: Store<Node>,
@@ -36,13 +46,7 @@ impl NodeWatch {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    // The store changes on these; `Init` (every reconnect, even one that
-                    // fails next) and `InitApply` (a relist in progress) do not need a pass.
-                    Ok(
-                        watcher::Event::Apply(_)
-                        | watcher::Event::Delete(_)
-                        | watcher::Event::InitDone,
-                    ) => changed.notify_one(),
+                    Ok(e) if store_changed(&e) => changed.notify_one(),
                     Ok(_) => {}
                     // The backoff wrapper retries; one line per failure is enough.
                     Err(e) => {

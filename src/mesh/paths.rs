@@ -345,15 +345,22 @@ pub fn behind_nat(local: &ParsedNode, published: &Discoveries) -> bool {
         .is_some_and(|k| published.of(k).is_some())
 }
 
-/// Both nodes behind NAT, in different locations: they punch holes, or use a relay.
-pub fn nat_to_nat(a: &ParsedNode, b: &ParsedNode) -> bool {
-    !same_location(a, b) && !has_public_endpoint(a) && !has_public_endpoint(b)
+/// Both nodes behind NAT (others published where they see them, neither has a public
+/// endpoint), in different locations: they punch holes, or use a relay. Decided from
+/// published data only, so every node (and the relay) agrees; a cluster where nobody is
+/// seen behind a NAT has no such pair.
+pub fn nat_to_nat(a: &ParsedNode, b: &ParsedNode, published: &Discoveries) -> bool {
+    !same_location(a, b)
+        && !has_public_endpoint(a)
+        && !has_public_endpoint(b)
+        && behind_nat(a, published)
+        && behind_nat(b, published)
 }
 
 /// Whether the pair goes through a relay: either side published that it cannot
 /// reach the other directly.
-pub fn relayed(a: &ParsedNode, b: &ParsedNode) -> bool {
-    nat_to_nat(a, b) && (a.no_direct.contains(&b.name) || b.no_direct.contains(&a.name))
+pub fn relayed(a: &ParsedNode, b: &ParsedNode, published: &Discoveries) -> bool {
+    nat_to_nat(a, b, published) && (a.no_direct.contains(&b.name) || b.no_direct.contains(&a.name))
 }
 
 /// The relay of the pair (`a`, `b`) among `candidates` (nodes with a public endpoint):

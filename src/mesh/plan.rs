@@ -303,7 +303,7 @@ pub fn plan_with<'a>(
     if let Some(local) = local_node {
         let candidates: Vec<&ParsedNode> = members.iter().filter_map(|m| m.node).collect();
         for peer in &candidates {
-            if paths::relayed(local, peer)
+            if paths::relayed(local, peer, &discoveries)
                 && let Some(relay) = paths::relay_for(local, peer, candidates.iter().copied())
             {
                 relayed.insert(peer.name.clone(), relay.name.clone());

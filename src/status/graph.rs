@@ -22,7 +22,8 @@ fn quote(s: &str) -> String {
 fn relayed(s: &Snapshot, a: &str, b: &str) -> Option<String> {
     let node = |n: &str| s.nodes.iter().find(|p| p.name == n);
     let (pa, pb) = (node(a)?, node(b)?);
-    if !crate::mesh::paths::relayed(pa, pb) {
+    let published = crate::mesh::paths::Discoveries::collect(&s.nodes);
+    if !crate::mesh::paths::relayed(pa, pb, &published) {
         return None;
     }
     let usable = s.nodes.iter().filter(|n| {

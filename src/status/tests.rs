@@ -156,6 +156,15 @@ fn a_relayed_pair_shows_its_relay_in_the_table_and_the_graph() {
         annotation::PUBLIC_ENDPOINT.into(),
         "203.0.113.1:51820".into(),
     );
+    // The relay sees both homes behind their NATs.
+    relay.annotations.insert(
+        annotation::DISCOVERED_ENDPOINTS.into(),
+        format!(
+            "{{\"{}\": \"203.0.113.2:51820\", \"{}\": \"203.0.113.3:40000\"}}",
+            key(2).to_base64(),
+            key(3).to_base64()
+        ),
+    );
     let h1 = home("h1", 2, "home1");
     let mut h2 = home("h2", 3, "home2");
     h2.annotations

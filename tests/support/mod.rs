@@ -32,6 +32,18 @@ pub fn node(name: &str, internal_ip: &str, pod_cidr: &str) -> Node {
     .expect("a Node")
 }
 
+/// `n` as its agent would have published it: a fresh public key and `endpoint`.
+pub fn published(mut n: Node, endpoint: &str) -> Node {
+    let key = wgmesh::key::PrivateKey::generate()
+        .expect("a key")
+        .public_key();
+    n.metadata.annotations = Some(std::collections::BTreeMap::from([
+        ("wgmesh.io/public-key".to_string(), key.to_base64()),
+        ("wgmesh.io/endpoint".to_string(), endpoint.to_string()),
+    ]));
+    n
+}
+
 pub async fn create_node(api: &Api<Node>, n: &Node) {
     api.create(&PostParams::default(), n)
         .await

@@ -54,6 +54,10 @@ fn every_node_publishes_its_advertisement_and_keeps_its_conflist_and_key_private
         assert_eq!(ann[annotation::POD_CIDRS], node.pod_cidr().to_string());
         let public_key = &ann[annotation::PUBLIC_KEY];
         assert_eq!(public_key.len(), 44, "{public_key}");
+        // A flat network (no locations, public addresses or NATs): nothing more than
+        // before issue #14 is published.
+        let wgmesh: Vec<&String> = ann.keys().filter(|k| k.starts_with("wgmesh.io/")).collect();
+        assert_eq!(wgmesh.len(), 3, "{ann:?}");
 
         // The conflist is inside the node's mount namespace, with the node's own subnet.
         let conflist = node.conflist().expect("the agent wrote its conflist");

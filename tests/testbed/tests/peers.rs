@@ -12,21 +12,6 @@ use wgmesh_testkit::{require_root, unique_name, wait_until, workspace_bin};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The Peer CRD from the shipped manifest.
-fn peer_crd() -> String {
-    let all = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../manifests/wgmesh.yaml"
-    ))
-    .expect("manifest");
-    all.split("\n---")
-        .find(|doc| {
-            doc.contains("kind: CustomResourceDefinition") && doc.contains("name: peers.wgmesh.io")
-        })
-        .expect("the Peer CRD in manifests/wgmesh.yaml")
-        .to_string()
-}
-
 /// `wg-quick down` on drop, so the test leaves no wireguard-go behind even when it fails.
 struct WgQuick<'a> {
     tb: &'a Testbed,
@@ -62,9 +47,7 @@ fn a_wg_quick_peer_reaches_pods_on_every_node_and_pods_reach_it_but_not_the_node
     let dir = tempfile::tempdir().expect("tempdir");
 
     // The CRD, and a Peer for the laptop (the internet host), both with kubectl.
-    let crd = dir.path().join("crd.yaml");
-    std::fs::write(&crd, peer_crd()).unwrap();
-    tb.api().kubectl_ok(&["apply", "-f", crd.to_str().unwrap()]);
+    tb.install_peer_crd();
     let private = Command::new("wg")
         .arg("genkey")
         .output()
