@@ -186,7 +186,9 @@ pub fn run(tb: &Testbed, pods: &[Vec<Pod>]) -> Result<(), String> {
         let drops = tb.router().pod_range_drops_of(family);
         check(
             capture.packets_with_addresses_in(range).is_empty() && drops == 0,
-            &format!("no {range} address captured; router drops of {family} pod-range packets: {drops}"),
+            &format!(
+                "no {range} address captured; router drops of {family} pod-range packets: {drops}"
+            ),
         )?;
     }
 
