@@ -5,13 +5,20 @@
 # Point to point: two network namespaces joined by a veth (192.0.2.1 <-> 192.0.2.2); for
 # each implementation both ends run it, configured with wg(8), tunnel addresses
 # 10.244.0.1/2, MTU 1420; then the median of 50 idle pings and one TCP stream of iperf3
-# for DURATION seconds through the tunnel. A plain veth run gives the reference.
+# for DURATION seconds through the tunnel. A plain veth run gives the reference. With the
+# suffix -v6 (wgmesh-wg-v6, wireguard-go-v6, veth-v6...) the same runs over an IPv6-only
+# veth (2001:db8::1 <-> 2001:db8::2): only the underlay's family changes (the tunnel
+# still carries IPv4, MTU 1420), so the -v6 rows show what the IPv6 underlay costs; each
+# is compared with wireguard-go-v6, and the end says how the IPv6 ratio of wgmesh-wg
+# compares with its IPv4 one.
 #
 # Pod to pod: a 2-node testbed (tests/testbed: nodes behind a router, pods on bridges,
 # the agents' nftables) with a pod on each node, the same ping and iperf3 from one pod to
 # the other. pod-agent is the agents' own data plane; pod-wireguard-go (pod-wgmesh-wg)
 # runs wireguard-go (wgmesh-wg) in place of the agents on the same nodes, same interface
-# name, MTU, endpoints and routes. Each pod run builds a fresh cluster.
+# name, MTU, endpoints and routes. Each pod run builds a fresh cluster. With the suffix
+# -v6 (pod-agent-v6...) the cluster has dual-stack pods over an IPv6 underlay (the
+# testbed's `dualstack` layout; iperf3 between the pods' IPv4 addresses).
 #
 # CPU: utime+stime of the implementation's processes on both ends (/proc/PID/stat)
 # across the transfer, divided by the gigabytes (1e9 bytes) received. It includes the
@@ -23,7 +30,8 @@
 #
 # Usage: [RUNS=n] hack/bench-wireguard.sh [DURATION] [IMPL...]
 #   IMPL among: veth wgmesh-wg wireguard-go boringtun kernel pod-agent pod-wireguard-go
-#   pod-wgmesh-wg (default: all but kernel and pod-wgmesh-wg). `kernel` is the kernel's
+#   pod-wgmesh-wg, each also with -v6 (default: veth wgmesh-wg wireguard-go boringtun
+#   wgmesh-wg-v6 wireguard-go-v6 pod-agent pod-wireguard-go). `kernel` is the kernel's
 #   WireGuard (wireguard.ko; this machine's kernel has none): on a machine with the
 #   module, `RUNS=3 hack/bench-wireguard.sh 10 kernel wgmesh-wg wireguard-go` compares
 #   the kernel, wgmesh's userspace data plane and wireguard-go in one run. Its CPU is
@@ -45,7 +53,8 @@ DURATION=${1:-10}
 RUNS=${RUNS:-1}
 shift || true
 IMPLS=("$@")
-[[ ${#IMPLS[@]} -gt 0 ]] || IMPLS=(veth wgmesh-wg wireguard-go boringtun pod-agent pod-wireguard-go)
+[[ ${#IMPLS[@]} -gt 0 ]] ||
+	IMPLS=(veth wgmesh-wg wireguard-go boringtun wgmesh-wg-v6 wireguard-go-v6 pod-agent pod-wireguard-go)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=$ROOT/target/bench-tools
@@ -76,9 +85,14 @@ if python3 -c "import sys; sys.exit(0 if float('$LOAD') > 0.5 else 1)"; then
 	echo "bench-wireguard: warning: load average is $LOAD before starting; results will be noisy" >&2
 fi
 
+# Pod data planes by underlay: POD_PLANES over IPv4, POD_PLANES6 over IPv6.
 POD_PLANES=()
+POD_PLANES6=()
 for impl in "${IMPLS[@]}"; do
-	[[ $impl == pod-* ]] && POD_PLANES+=("${impl#pod-}")
+	case $impl in
+	pod-*-v6) impl=${impl#pod-} && POD_PLANES6+=("${impl%-v6}") ;;
+	pod-*) POD_PLANES+=("${impl#pod-}") ;;
+	esac
 done
 
 if [[ -n ${BIN_DIR:-} ]]; then
@@ -87,7 +101,7 @@ if [[ -n ${BIN_DIR:-} ]]; then
 else
 	BIN_DIR=$ROOT/target/release
 	echo "== building the workspace (release)" >&2
-	if [[ ${#POD_PLANES[@]} -gt 0 ]]; then
+	if [[ ${#POD_PLANES[@]} -gt 0 || ${#POD_PLANES6[@]} -gt 0 ]]; then
 		cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --workspace --bins
 	else
 		cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin wgmesh-wg
@@ -97,20 +111,41 @@ WGMESH_WG=$BIN_DIR/wgmesh-wg
 TESTBED=$BIN_DIR/wgmesh-testbed
 
 BORINGTUN=$TOOLS/boringtun/bin/boringtun-cli
-if [[ " ${IMPLS[*]} " == *" boringtun "* && ! -x $BORINGTUN ]]; then
+if [[ " ${IMPLS[*]} " =~ " boringtun"(-v6)?" " && ! -x $BORINGTUN ]]; then
 	echo "== installing boringtun-cli into $TOOLS/boringtun (once)" >&2
 	cargo install --quiet boringtun-cli --root "$TOOLS/boringtun"
 fi
 
+# The underlay's addresses of the two ends (set by setup_underlay).
+UNDERLAY_A=192.0.2.1
+UNDERLAY_B=192.0.2.2
+
+# setup_underlay 4|6: the two namespaces and the veth between them, with IPv4 or IPv6
+# addresses (IPv6 without duplicate address detection: usable at once).
 setup_underlay() {
+	local family=$1
 	ip netns add "$NS_A"
 	ip netns add "$NS_B"
 	ip link add "${TAG}va" netns "$NS_A" type veth peer name "${TAG}vb" netns "$NS_B"
-	ip -n "$NS_A" addr add 192.0.2.1/24 dev "${TAG}va"
-	ip -n "$NS_B" addr add 192.0.2.2/24 dev "${TAG}vb"
+	if [[ $family == 6 ]]; then
+		UNDERLAY_A=2001:db8::1
+		UNDERLAY_B=2001:db8::2
+		ip -n "$NS_A" addr add "$UNDERLAY_A/64" dev "${TAG}va" nodad
+		ip -n "$NS_B" addr add "$UNDERLAY_B/64" dev "${TAG}vb" nodad
+	else
+		UNDERLAY_A=192.0.2.1
+		UNDERLAY_B=192.0.2.2
+		ip -n "$NS_A" addr add "$UNDERLAY_A/24" dev "${TAG}va"
+		ip -n "$NS_B" addr add "$UNDERLAY_B/24" dev "${TAG}vb"
+	fi
 	for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
 	ip -n "$NS_A" link set "${TAG}va" up
 	ip -n "$NS_B" link set "${TAG}vb" up
+}
+
+# endpoint ADDRESS PORT: ADDRESS:PORT, in brackets for IPv6.
+endpoint() {
+	if [[ $1 == *:* ]]; then echo "[$1]:$2"; else echo "$1:$2"; fi
 }
 
 # start_impl IMPL NS IFNAME: runs the implementation in the foreground, in the background.
@@ -145,9 +180,11 @@ setup_tunnel() {
 	start_impl "$impl" "$NS_A" "$IF_A"
 	start_impl "$impl" "$NS_B" "$IF_B"
 	ip netns exec "$NS_A" wg set "$IF_A" private-key <(echo "$ka") listen-port 51820 \
-		peer "$(echo "$kb" | wg pubkey)" endpoint 192.0.2.2:51821 allowed-ips 10.244.0.2/32
+		peer "$(echo "$kb" | wg pubkey)" endpoint "$(endpoint "$UNDERLAY_B" 51821)" \
+		allowed-ips 10.244.0.2/32
 	ip netns exec "$NS_B" wg set "$IF_B" private-key <(echo "$kb") listen-port 51821 \
-		peer "$(echo "$ka" | wg pubkey)" endpoint 192.0.2.1:51820 allowed-ips 10.244.0.1/32
+		peer "$(echo "$ka" | wg pubkey)" endpoint "$(endpoint "$UNDERLAY_A" 51820)" \
+		allowed-ips 10.244.0.1/32
 	ip -n "$NS_A" addr add 10.244.0.1/24 dev "$IF_A"
 	ip -n "$NS_B" addr add 10.244.0.2/24 dev "$IF_B"
 	ip -n "$NS_A" link set "$IF_A" mtu 1420 up
@@ -204,17 +241,20 @@ except Exception:
     print("0 0 0 %s" % rtt)' "$(getconf CLK_TCK)" "$t0" "$t1" "$rtt" <<<"$json"
 }
 
-# pod_round: the pod data planes of one round, each on a fresh testbed.
+# pod_round LAYOUT SUFFIX PLANE...: the pod data planes of one round, each on a fresh
+# testbed of LAYOUT (ipv4, dualstack); each result named pod-PLANE then SUFFIX.
 pod_round() {
-	local planes
-	planes=$(IFS=,; echo "${POD_PLANES[*]}")
-	"$TESTBED" bench --seconds "$DURATION" --data-planes "$planes" |
+	local layout=$1 suffix=$2 planes
+	shift 2
+	planes=$(IFS=,; echo "$*")
+	"$TESTBED" bench --seconds "$DURATION" --layout "$layout" --data-planes "$planes" |
 		python3 -c 'import json,sys
+suffix = sys.argv[1]
 for line in sys.stdin:
     line = line.strip()
     if not line.startswith("{"): continue
     m = json.loads(line)
-    print("pod-%s %.0f %d %.2f %.3f" % (m["impl"], m["mbits"], m["bytes"], m["cpu_s"], m["rtt_ms"]))'
+    print("pod-%s%s %.0f %d %.2f %.3f" % (m["impl"], suffix, m["mbits"], m["bytes"], m["cpu_s"], m["rtt_ms"]))' "$suffix"
 }
 
 declare -A MBITS BYTES CPU RTT
@@ -237,11 +277,12 @@ for round in $(seq "$RUNS"); do
 		[[ $impl == pod-* ]] && continue
 		cleanup
 		PIDS=()
-		setup_underlay
-		if [[ $impl == veth ]]; then
-			read -r mbits bytes cpu rtt < <(measure 192.0.2.2)
+		base=${impl%-v6}
+		if [[ $base == "$impl" ]]; then setup_underlay 4; else setup_underlay 6; fi
+		if [[ $base == veth ]]; then
+			read -r mbits bytes cpu rtt < <(measure "$UNDERLAY_B")
 		else
-			setup_tunnel "$impl"
+			setup_tunnel "$base"
 			read -r mbits bytes cpu rtt < <(measure 10.244.0.2 "${PIDS[@]}")
 		fi
 		record "$impl" "$mbits" "$bytes" "$cpu" "$rtt"
@@ -251,17 +292,30 @@ for round in $(seq "$RUNS"); do
 	if [[ ${#POD_PLANES[@]} -gt 0 ]]; then
 		while read -r impl mbits bytes cpu rtt; do
 			record "$impl" "$mbits" "$bytes" "$cpu" "$rtt"
-		done < <(pod_round)
+		done < <(pod_round ipv4 "" "${POD_PLANES[@]}")
+	fi
+	if [[ ${#POD_PLANES6[@]} -gt 0 ]]; then
+		while read -r impl mbits bytes cpu rtt; do
+			record "$impl" "$mbits" "$bytes" "$cpu" "$rtt"
+		done < <(pod_round dualstack -v6 "${POD_PLANES6[@]}")
 	fi
 done
 
 echo
 echo "one TCP stream, ${DURATION}s, $RUNS round(s), $(nproc) cores, kernel $(uname -r), load before start $LOAD"
-echo "medians of the rounds; ratios against wireguard-go on the same path (pod-* against pod-wireguard-go)"
+echo "medians of the rounds; ratios against wireguard-go on the same path and underlay family"
+echo "(pod-* against pod-wireguard-go, *-v6 against wireguard-go-v6 over the IPv6 underlay)"
 printf '%-17s %9s %20s %9s %11s %9s %9s\n' implementation "Mbit/s" "(each round)" "vs wg-go" "CPU s/GB" "RTT ms" "RTT/wg-go"
+# reference IMPL: what IMPL is compared with (the same path and underlay family).
+reference() {
+	local ref=wireguard-go
+	[[ $1 == pod-* ]] && ref=pod-wireguard-go
+	[[ $1 == *-v6 ]] && ref=$ref-v6
+	echo "$ref"
+}
+
 for impl in "${IMPLS[@]}"; do
-	ref=wireguard-go
-	[[ $impl == pod-* ]] && ref=pod-wireguard-go
+	ref=$(reference "$impl")
 	python3 - "$impl" "${MBITS[$impl]:-}" "${BYTES[$impl]:-}" "${CPU[$impl]:-}" "${RTT[$impl]:-}" \
 		"${MBITS[$ref]:-}" "${RTT[$ref]:-}" <<'EOF'
 import math, statistics, sys
@@ -272,11 +326,29 @@ med = lambda xs: statistics.median(xs) if xs else 0.0
 v, w = med(mbits), med(ref_mbits)
 # CPU per GB from each round, then the median.
 per_gb = [c / (b / 1e9) for c, b in zip(cpu, nbytes) if b > 0]
-cpu_gb = "%.2f" % med(per_gb) if per_gb and impl not in ("veth", "kernel") else "-"
+cpu_gb = "%.2f" % med(per_gb) if per_gb and impl.removesuffix("-v6") not in ("veth", "kernel") else "-"
 r, rw = med(rtt), med(ref_rtt)
 ratio = lambda a, b: "%.2f" % (a / b) if b else "-"
 each = "/".join("%.0f" % x for x in mbits)
 print("%-17s %9.0f %20s %9s %11s %9.3f %9s" % (impl, v, each, ratio(v, w), cpu_gb, r, ratio(r, rw)))
+EOF
+done
+
+# The IPv6 underlay against the IPv4 one: each ratio to wireguard-go over its own family,
+# and the IPv6 ratio as a share of the IPv4 one (issue #15 asks for within 10%).
+for impl in wgmesh-wg pod-agent pod-wgmesh-wg; do
+	[[ -n ${MBITS[$impl]:-} && -n ${MBITS[$impl-v6]:-} ]] || continue
+	ref=$(reference "$impl")
+	python3 - "$impl" "${MBITS[$impl]}" "${MBITS[$ref]:-}" "${MBITS[$impl-v6]}" \
+		"${MBITS[$ref-v6]:-}" <<'EOF'
+import statistics, sys
+impl = sys.argv[1]
+v4, ref4, v6, ref6 = ([float(x) for x in a.split()] for a in sys.argv[2:6])
+med = lambda xs: statistics.median(xs) if xs else 0.0
+if med(ref4) and med(ref6) and med(v4):
+    r4, r6 = med(v4) / med(ref4), med(v6) / med(ref6)
+    print("%s vs wireguard-go: %.2f over an IPv4 underlay, %.2f over IPv6: the IPv6 ratio is %.0f%% of the IPv4 one"
+          % (impl, r4, r6, 100 * r6 / r4))
 EOF
 done
 

@@ -10,6 +10,14 @@
 #   ./hack/demo.sh                   run the demo
 #   ./hack/demo.sh --keep            keep the cluster afterwards (prints how to enter each
 #                                    node and pod); Ctrl-C tears it down
+#   ./hack/demo.sh dualstack [--keep]
+#                                    the same 3 nodes on an IPv6-only underlay
+#                                    (2001:db8::/32) with dual-stack pods (10.244.<i>.0/24
+#                                    and fd00:10:244:<i>::/64): published IPv6 endpoints
+#                                    and both pod CIDRs, pods reaching each other over
+#                                    IPv4 and IPv6 with their own addresses, only
+#                                    WireGuard over IPv6 on the wire, IPv6 egress
+#                                    masqueraded to the node, the MTU (link - 80)
 #   ./hack/demo.sh multicloud [--keep]
 #                                    the multi-cloud demo: nodes a1, a2 (cloud-a), b1
 #                                    (cloud-b), h1, h2 (two homes), each site behind its

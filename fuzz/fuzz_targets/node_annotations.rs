@@ -18,7 +18,8 @@
 //! Checked: nothing panics; parse, advertise and the value parsers round-trip; and the
 //! plan's invariants: no peer with the zero key, no two peers with one key, no two
 //! peers' allowed IPs overlapping (nor the local pod CIDRs), the same plan whatever the
-//! order of nodes and peers.
+//! order of nodes and peers, each node's endpoint one published for it as its source
+//! says, and a relayed node's ranges on its relay's peer (and its routes through it).
 
 #![no_main]
 
@@ -33,7 +34,9 @@ use wgmesh::cni::PodSubnets;
 use wgmesh::k8s::peers::peer_view;
 use wgmesh::k8s::translate::node_view;
 use wgmesh::key::PublicKey;
-use wgmesh::mesh::{self, MeshConfig, MeshPlan, ParsedNode, ParsedPeer, PeerView, Problem};
+use wgmesh::mesh::{
+    self, EndpointSource, MeshConfig, MeshPlan, ParsedNode, ParsedPeer, PeerView, Problem,
+};
 use wgmesh::model::{AddressType, Endpoint, Host, NodeView, annotation};
 
 /// The local node's own key (base64 `BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=`): a
@@ -205,7 +208,8 @@ fn parse_node(view: &NodeView, cfg: &MeshConfig) -> ParsedNode {
     assert_eq!(parsed.name, view.name);
     if parsed.is_usable() {
         assert!(parsed.public_key.is_some_and(|k| !k.is_zero()));
-        assert!(parsed.endpoint.is_some());
+        // Its own endpoint, or only an administrator's (a DNS name resolved later).
+        assert!(parsed.endpoint.is_some() || parsed.forced_endpoint.is_some());
         let subnets = parsed.pod_subnets.expect("usable without pod subnets");
         check_subnets(&subnets);
         if !cfg.cluster_cidrs.is_empty() {
@@ -313,11 +317,60 @@ fn check_plan(local: &str, nodes: &[ParsedNode], peers: &[ParsedPeer], cfg: &Mes
             .find(|n| &n.name == name)
             .expect("a peer of no node");
         assert!(node.is_usable());
-        assert_eq!(p.endpoint, node.endpoint);
-        let subnets = node.pod_subnets.expect("a usable node");
-        assert_eq!(p.allowed_ips, subnets.nets().collect::<Vec<_>>());
+        check_endpoint(name, p, node, nodes);
+        let own: Vec<IpNet> = node.pod_subnets.expect("a usable node").nets().collect();
+        match &p.via {
+            // A relayed node's ranges are on its relay's peer, which is direct.
+            Some(relay) => {
+                assert!(p.allowed_ips.is_empty(), "{name} relayed with {p:?}");
+                let r = plan.peers.get(relay).expect("a relay that is no peer");
+                assert!(r.via.is_none(), "{name}'s relay {relay} is itself relayed");
+                assert!(
+                    own.iter().all(|n| r.allowed_ips.contains(n)),
+                    "{name} via {relay}"
+                );
+            }
+            // Its own ranges, then those of the nodes it relays for.
+            None => {
+                let mut want = own;
+                for (relayed, q) in &plan.peers {
+                    if q.via.as_ref() == Some(name) {
+                        let n = nodes.iter().find(|n| &n.name == relayed);
+                        want.extend(n.and_then(|n| n.pod_subnets).iter().flat_map(|s| s.nets()));
+                    }
+                }
+                let mut got = p.allowed_ips.clone();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "{name}: its ranges and those it relays");
+            }
+        }
     }
     check_routes(&plan);
+}
+
+/// The endpoint of node `name`'s peer is one that node, an administrator or an
+/// observer published, as its source says (no observations here).
+fn check_endpoint(name: &str, p: &mesh::PeerPlan, node: &ParsedNode, nodes: &[ParsedNode]) {
+    let endpoint = p.endpoint.as_ref().expect("a node's peer has an endpoint");
+    let ok = match p.endpoint_source {
+        EndpointSource::Private => {
+            node.endpoint.as_ref() == Some(endpoint) || node.endpoints.contains(endpoint)
+        }
+        EndpointSource::Public => node.public_endpoint.as_ref() == Some(endpoint),
+        EndpointSource::Forced => node.forced_endpoint.as_ref() == Some(endpoint),
+        EndpointSource::Discovered => nodes.iter().any(|n| {
+            n.public_key != Some(p.public_key)
+                && n.discovered.get(&p.public_key).map(|a| a.to_string())
+                    == Some(endpoint.to_string())
+        }),
+        EndpointSource::Observed | EndpointSource::External => false,
+    };
+    assert!(
+        ok,
+        "{name}: endpoint {endpoint} from {:?}",
+        p.endpoint_source
+    );
 }
 
 fn check_routes(plan: &MeshPlan) {
@@ -327,7 +380,12 @@ fn check_routes(plan: &MeshPlan) {
             None => plan.peers.get(&r.node),
         };
         let peer = peer.unwrap_or_else(|| panic!("route {r:?} to no peer"));
-        assert!(peer.allowed_ips.contains(&r.dst), "{r:?}");
+        // Through the relay when the node is relayed.
+        let carrier = match &peer.via {
+            Some(relay) => plan.peers.get(relay).expect("a relay that is no peer"),
+            None => peer,
+        };
+        assert!(carrier.allowed_ips.contains(&r.dst), "{r:?}");
         if let Some(src) = r.src {
             assert_eq!(src.is_ipv6(), r.dst.addr().is_ipv6(), "{r:?}");
         }

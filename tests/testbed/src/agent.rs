@@ -3,7 +3,7 @@
 //! The built `wgmesh` binary runs inside the node's namespaces with the production
 //! defaults for everything but what a DaemonSet would set: `--node-name`,
 //! `--kubeconfig` (a copy whose server is the API address nodes reach through the
-//! router) and `--cluster-cidr`. Its stderr goes to a per-node log file that survives
+//! router) and `--cluster-cidr` (the pod range of each family of the node's layout). Its stderr goes to a per-node log file that survives
 //! restarts (each start is marked in it). Stopped with SIGTERM by pid, so the agent
 //! shuts down as it would under a kubelet.
 
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use wgmesh_testkit::{Proc, workspace_bin};
 
-use crate::addressing::CLUSTER_CIDR;
 use crate::holder::Holder;
 
 /// Log filter of testbed agents: the agent's own debug lines, its libraries' info.
@@ -28,16 +27,19 @@ pub struct Agent {
     node_name: String,
     kubeconfig: PathBuf,
     log: PathBuf,
+    /// The DaemonSet's `--cluster-cidr` (comma-separated).
+    cluster_cidr: String,
     proc: Mutex<Option<Proc>>,
 }
 
 impl Agent {
-    /// An agent for `node_name` (not started yet).
-    pub fn new(node_name: &str, kubeconfig: PathBuf, log: PathBuf) -> Agent {
+    /// An agent for `node_name` (not started yet), with `--cluster-cidr cluster_cidr`.
+    pub fn new(node_name: &str, kubeconfig: PathBuf, log: PathBuf, cluster_cidr: String) -> Agent {
         Agent {
             node_name: node_name.to_string(),
             kubeconfig,
             log,
+            cluster_cidr,
             proc: Mutex::new(None),
         }
     }
@@ -67,7 +69,7 @@ impl Agent {
         // The DaemonSet's --cluster-cidr, unless the test passes its own
         // (`--cluster-cidr=` for an empty ConfigMap value).
         if !extra.iter().any(|a| a.starts_with("--cluster-cidr")) {
-            cmd.args(["--cluster-cidr", CLUSTER_CIDR]);
+            cmd.args(["--cluster-cidr", &self.cluster_cidr]);
         }
         // The testbed's nodes share the host's kernel: its tests are of the userspace
         // data plane (persistent TUN, offloads) even on a host with the module.

@@ -8,8 +8,12 @@
 //! agents are stopped (their routes and nftables stay), `wgmesh0` is deleted, and
 //! wireguard-go (or `wgmesh-wg`) is started on both nodes under the same name, with the
 //! same MTU, keys, endpoints and routes the agents had.
+//!
+//! The cluster has any [`Layout`]: over an IPv6 underlay (`dualstack`, `ipv6`) the
+//! tunnel runs over IPv6 between the nodes; the stream goes between the pods' first
+//! addresses (IPv4 when they have one).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,8 +21,9 @@ use serde_json::Value;
 use wgmesh_testkit::Proc;
 
 use crate::Exec;
+use crate::addressing::{Family, WIREGUARD_PORT, join};
 use crate::exec;
-use crate::{Node, Pod, Testbed};
+use crate::{Layout, Node, Pod, Testbed};
 
 /// The interface every data plane uses (the nftables guard lets pod traffic out only there).
 const IFNAME: &str = "wgmesh0";
@@ -86,10 +91,10 @@ struct Replacement {
     procs: Vec<Proc>,
 }
 
-/// Builds a 2-node testbed with a pod on each node, puts `data_plane` in place and
-/// measures `seconds` of one TCP stream plus the idle RTT.
-pub fn measure(data_plane: DataPlane, seconds: u32) -> Measurement {
-    let tb = Testbed::builder().nodes(2).build();
+/// Builds a 2-node testbed of `layout` with a pod on each node, puts `data_plane` in
+/// place and measures `seconds` of one TCP stream plus the idle RTT.
+pub fn measure(data_plane: DataPlane, seconds: u32, layout: Layout) -> Measurement {
+    let tb = Testbed::builder().nodes(2).layout(layout).build();
     let a = tb.add_pod(0, "bench-a");
     let b = tb.add_pod(1, "bench-b");
     let replacement = match data_plane {
@@ -101,8 +106,9 @@ pub fn measure(data_plane: DataPlane, seconds: u32) -> Measurement {
         Some(r) => r.procs.iter().map(Proc::pid).collect(),
     };
     assert_eq!(pids.len(), 2, "one data-plane process per node");
-    wait_for_ping(&a, b.ip());
-    let rtt_ms = median_rtt(&a, b.ip(), 50);
+    let to = first_ip(&b);
+    wait_for_ping(&a, to);
+    let rtt_ms = median_rtt(&a, to, 50);
     let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let (mbits, bytes) = iperf3(&a, &b, seconds);
     let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
@@ -179,27 +185,28 @@ fn replace(tb: &Testbed, data_plane: DataPlane) -> Replacement {
             "peer",
             &keys[1 - i].1,
             "endpoint",
-            &format!("{}:51820", other.underlay_ip()),
+            &SocketAddr::new(other.internal_ip(), WIREGUARD_PORT).to_string(),
             "allowed-ips",
-            &other.pod_cidr().to_string(),
+            &join(other.pod_cidrs()),
         ]);
         node.exec_ok(&["ip", "link", "set", IFNAME, "mtu", &mtu.to_string(), "up"]);
-        let gateway = node
-            .pod_cidr()
-            .hosts()
-            .next()
-            .expect("a /24 has hosts")
-            .to_string();
-        node.exec_ok(&[
-            "ip",
-            "route",
-            "add",
-            &other.pod_cidr().to_string(),
-            "dev",
-            IFNAME,
-            "src",
-            &gateway,
-        ]);
+        for &family in tb.layout().pod_families() {
+            let (Some(remote), Some(gateway)) =
+                (other.pod_cidr_of(family), node.pod_gateway_of(family))
+            else {
+                continue;
+            };
+            node.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                &remote.to_string(),
+                "dev",
+                IFNAME,
+                "src",
+                &gateway.to_string(),
+            ]);
+        }
     }
     Replacement { procs }
 }
@@ -214,13 +221,21 @@ fn link_mtu(node: &Node) -> u32 {
         .unwrap_or_else(|| panic!("no MTU in {out:?}"))
 }
 
-fn wait_for_ping(from: &Pod, to: Ipv4Addr) {
+/// The pod's first address: IPv4 when it has one.
+fn first_ip(pod: &Pod) -> IpAddr {
+    pod.ip_of(Family::Ipv4)
+        .or_else(|| pod.ip_of(Family::Ipv6))
+        .unwrap_or_else(|| panic!("pod {} has no address", pod.name()))
+}
+
+fn wait_for_ping(from: &Pod, to: IpAddr) {
     let ok = exec::poll_until(Duration::from_secs(20), || from.ping(to).then_some(()));
     assert!(ok.is_some(), "{} cannot reach {to}", from.name());
 }
 
 /// The median of `count` pings (`time=` of each reply).
-pub fn median_rtt(from: &Pod, to: Ipv4Addr, count: u32) -> f64 {
+pub fn median_rtt(from: &Pod, to: impl Into<IpAddr>, count: u32) -> f64 {
+    let to: IpAddr = to.into();
     let out = from.exec_ok(&[
         "ping",
         "-n",
@@ -239,9 +254,11 @@ pub fn median_rtt(from: &Pod, to: Ipv4Addr, count: u32) -> f64 {
     times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// One TCP stream from `a` to `b` for `seconds`: (Mbit/s, bytes) as the receiver saw them.
+/// One TCP stream from `a` to `b`'s first address (IPv4 when it has one) for `seconds`:
+/// (Mbit/s, bytes) as the receiver saw them.
 pub fn iperf3(a: &Pod, b: &Pod, seconds: u32) -> (f64, u64) {
-    let ip = b.ip().to_string();
+    let to = first_ip(b);
+    let ip = to.to_string();
     let mut server = b.command("iperf3");
     server
         .args(["-s", "-1", "-B", &ip])
@@ -250,7 +267,7 @@ pub fn iperf3(a: &Pod, b: &Pod, seconds: u32) -> (f64, u64) {
         .stderr(Stdio::null());
     let _server = Proc::spawn(server, "iperf3 server");
     let ready = exec::poll_until(Duration::from_secs(5), || {
-        let out = b.exec(&["ss", "-Htln", &format!("src {ip}:5201")]);
+        let out = b.exec(&["ss", "-Htln", &format!("src {}", SocketAddr::new(to, 5201))]);
         (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
     });
     assert!(ready.is_some(), "iperf3 server did not listen");

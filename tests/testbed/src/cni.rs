@@ -6,7 +6,7 @@
 //! the conflist the node's agent wrote: if the agent writes a config the plugin rejects,
 //! pod creation fails here as it would on a real node.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Output;
 
 use serde_json::Value;
@@ -74,12 +74,21 @@ pub(crate) fn invoke(holder: &Holder, call: Invocation<'_>, config: &Value) -> O
 
 /// The first IPv4 address (without prefix) of an ADD result.
 pub fn ipv4_of(result: &Value) -> Option<Ipv4Addr> {
+    ips_of(result).into_iter().find_map(|ip| match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// Every address (without prefix) of an ADD result, in its order.
+pub fn ips_of(result: &Value) -> Vec<IpAddr> {
     result["ips"]
-        .as_array()?
-        .iter()
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(|ip| ip["address"].as_str())
         .filter_map(|a| a.split('/').next()?.parse().ok())
-        .next()
+        .collect()
 }
 
 #[cfg(test)]
@@ -122,5 +131,13 @@ mod tests {
         ]});
         assert_eq!(ipv4_of(&result), Some(Ipv4Addr::new(10, 244, 1, 5)));
         assert_eq!(ipv4_of(&json!({})), None);
+        assert_eq!(
+            ips_of(&result),
+            [
+                "fd00::5".parse::<IpAddr>().unwrap(),
+                "10.244.1.5".parse().unwrap()
+            ]
+        );
+        assert!(ips_of(&json!({})).is_empty());
     }
 }

@@ -1,12 +1,13 @@
 //! What every testbed topology shares around its nodes (test infrastructure): the API
-//! server as nodes reach it (the relay at 198.51.100.10:6443 and their kubeconfig),
+//! server as nodes reach it (the relay at 198.51.100.10:6443, or [2001:db8:198::10]:6443
+//! over an IPv6 underlay, and their kubeconfig),
 //! waiting until the agents' mesh has converged, the failure diagnostics, and tearing
 //! the nodes down.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use crate::addressing::{API_IP, API_PORT};
+use crate::addressing::{self, API_PORT};
 use crate::exec;
 use crate::kube::Kube;
 use crate::netns::NetNs;
@@ -14,34 +15,36 @@ use crate::node::Node;
 use crate::relay::Relay;
 use crate::{MESH_WAIT, TestApiServer, annotation};
 
-/// Makes the API server reachable from the nodes: writes their kubeconfig to
+/// Makes the API server reachable from the nodes at `api_ip` (an address of
+/// `api_host`, and a SAN of the server's certificate): writes their kubeconfig to
 /// `node_kubeconfig` and starts the relay in `api_host`. Returns the relay and the
 /// testbed's own client.
 pub(crate) fn connect(
     api: &TestApiServer,
     api_host: &NetNs,
+    api_ip: IpAddr,
     node_kubeconfig: &Path,
 ) -> (Relay, Kube) {
-    write_node_kubeconfig(api, node_kubeconfig);
+    let listen = SocketAddr::new(api_ip, API_PORT);
+    write_node_kubeconfig(api, &format!("https://{listen}"), node_kubeconfig);
     let relay = Relay::start(
         &api_host.path(),
-        SocketAddr::from((API_IP, API_PORT)),
+        listen,
         SocketAddr::from((Ipv4Addr::LOCALHOST, api.port())),
     );
     (relay, Kube::connect(&api.kubeconfig()))
 }
 
 /// Writes the agents' kubeconfig: the server's own, with the URL nodes reach it at.
-fn write_node_kubeconfig(api: &TestApiServer, path: &Path) {
+fn write_node_kubeconfig(api: &TestApiServer, node_url: &str, path: &Path) {
     let text = std::fs::read_to_string(api.kubeconfig())
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", api.kubeconfig().display()));
-    let node_url = format!("https://{API_IP}:{API_PORT}");
     assert!(
         text.contains(&api.url),
         "the API server's kubeconfig does not name {}:\n{text}",
         api.url
     );
-    let text = text.replace(&api.url, &node_url);
+    let text = text.replace(&api.url, node_url);
     std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
@@ -63,7 +66,8 @@ pub(crate) fn install_peer_crd(api: &TestApiServer, dir: &Path) {
 }
 
 /// Waits (up to [`MESH_WAIT`]) until every node of `nodes` with a running agent has
-/// published its annotations (key, endpoint `<InternalIP>:51820`, pod CIDRs), written
+/// published its annotations (key, endpoint `<InternalIP>:51820` of its underlay's
+/// family, its pod CIDRs of every family), written
 /// its conflist, and lists as peers exactly the other nodes whose Node object exists and
 /// carries a public key. Panics with `diagnostics()` otherwise.
 pub(crate) fn wait_for_mesh(nodes: &[&Node], kube: &Kube, diagnostics: impl Fn() -> String) {
@@ -108,7 +112,7 @@ fn mesh_problem(nodes: &[&Node], kube: &Kube) -> Option<String> {
             continue;
         };
         if a.get(annotation::ENDPOINT) != Some(&node.expected_endpoint())
-            || a.get(annotation::POD_CIDRS) != Some(&node.pod_cidr().to_string())
+            || a.get(annotation::POD_CIDRS) != Some(&addressing::join(node.pod_cidrs()))
             || !a.contains_key(annotation::PUBLIC_KEY)
         {
             return Some(format!("{name} has not published its advertisement: {a:?}"));
@@ -143,7 +147,7 @@ pub(crate) fn diagnostics(
         out.push_str(&format!(
             "--- {} ({}, agent {}) log tail:\n{}\n",
             node.name(),
-            node.underlay_ip(),
+            addressing::join(node.underlay_ips()),
             if node.agent_running() {
                 "running"
             } else {

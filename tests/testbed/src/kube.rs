@@ -17,16 +17,21 @@ use serde_json::json;
 
 use crate::addressing::NodeAddresses;
 
-/// A Node as the kubelet registers it (status.addresses, a Ready condition, its own
-/// labels and `labels`), with the pod CIDR the controller-manager assigns (spec.podCIDR
-/// and spec.podCIDRs) and, when the node has a public address, the ExternalIP a cloud
-/// provider adds.
+/// A Node as the kubelet registers it (status.addresses: the InternalIP of its
+/// underlay's family; a Ready condition, its own labels and `labels`), with the pod
+/// CIDRs the controller-manager assigns (spec.podCIDRs: one per pod family of its
+/// layout, IPv4 first; spec.podCIDR the first) and, when the node has a public address,
+/// the ExternalIP a cloud provider adds.
 pub fn node_object(
     name: &str,
     addresses: &NodeAddresses,
     labels: &BTreeMap<String, String>,
 ) -> Node {
-    let cidr = addresses.pod_cidr.to_string();
+    let cidrs: Vec<String> = addresses
+        .pod_cidrs()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let mut all_labels = serde_json::Map::new();
     all_labels.insert("kubernetes.io/hostname".into(), json!(name));
     all_labels.insert("kubernetes.io/os".into(), json!("linux"));
@@ -34,7 +39,7 @@ pub fn node_object(
         all_labels.insert(k.clone(), json!(v));
     }
     let mut node_addresses =
-        vec![json!({"type": "InternalIP", "address": addresses.underlay_ip.to_string()})];
+        vec![json!({"type": "InternalIP", "address": addresses.internal_ip().to_string()})];
     if let Some(external) = addresses.external_ip {
         node_addresses.push(json!({"type": "ExternalIP", "address": external.to_string()}));
     }
@@ -43,7 +48,7 @@ pub fn node_object(
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": name, "labels": all_labels},
-        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
         "status": {
             "addresses": node_addresses,
             "conditions": [{
@@ -98,8 +103,19 @@ impl Kube {
 
     /// Creates `node`'s Node object, as its kubelet registers it.
     pub fn create_node(&self, node: &crate::node::Node) {
-        let name = node.name().to_string();
-        let node = node_object(&name, node.addresses(), node.labels());
+        self.create_node_object(node.name(), node.addresses(), node.labels());
+    }
+
+    /// Creates the Node object `name` with `addresses` and `labels`, as its kubelet
+    /// registers it (see [`node_object`]).
+    pub fn create_node_object(
+        &self,
+        name: &str,
+        addresses: &NodeAddresses,
+        labels: &BTreeMap<String, String>,
+    ) {
+        let node = node_object(name, addresses, labels);
+        let name = name.to_string();
         self.run(|client| async move {
             Api::<Node>::all(client)
                 .create(&PostParams::default(), &node)
@@ -192,5 +208,71 @@ fn wait<T: Send + 'static>(
         Ok(value) => value,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => panic!("a Kubernetes call of the testbed was cancelled: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addressing::Layout;
+
+    /// spec.podCIDR, spec.podCIDRs and the InternalIP of `node`'s object.
+    fn summary(node: &Node) -> (String, Vec<String>, String) {
+        let spec = node.spec.clone().unwrap_or_default();
+        let internal = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.clone())
+            .unwrap_or_default();
+        (
+            spec.pod_cidr.unwrap_or_default(),
+            spec.pod_cidrs.unwrap_or_default(),
+            internal,
+        )
+    }
+
+    #[test]
+    fn node_objects_carry_the_pod_cidrs_of_their_layout_and_an_internal_ip_of_its_underlay() {
+        let cases = [
+            (
+                Layout::Ipv4,
+                "10.244.2.0/24",
+                &["10.244.2.0/24"][..],
+                "192.0.2.34",
+            ),
+            (
+                Layout::DualStackOverIpv4,
+                "10.244.2.0/24",
+                &["10.244.2.0/24", "fd00:10:244:2::/64"][..],
+                "192.0.2.34",
+            ),
+            (
+                Layout::DualStackOverIpv6,
+                "10.244.2.0/24",
+                &["10.244.2.0/24", "fd00:10:244:2::/64"][..],
+                "2001:db8:0:2::2",
+            ),
+            (
+                Layout::Ipv6,
+                "fd00:10:244:2::/64",
+                &["fd00:10:244:2::/64"][..],
+                "2001:db8:0:2::2",
+            ),
+        ];
+        for (layout, first, all, internal) in cases {
+            let addresses = NodeAddresses::for_layout(2, layout);
+            let node = node_object("node2", &addresses, &BTreeMap::new());
+            assert_eq!(
+                summary(&node),
+                (
+                    first.to_string(),
+                    all.iter().map(|c| c.to_string()).collect(),
+                    internal.to_string()
+                ),
+                "{layout:?}"
+            );
+        }
     }
 }

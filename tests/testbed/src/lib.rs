@@ -14,6 +14,12 @@
 //! network namespaces inside a node, attached by the built `wgmesh-cni` with the conflist
 //! the node's agent wrote. See [`addressing`] for the address plan.
 //!
+//! That is the IPv4 layout. [`TestbedBuilder::layout`] picks another
+//! ([`addressing::Layout`]): dual-stack pods (`fd00:10:244:<slot>::/64` besides the IPv4
+//! range) over an IPv4 or an IPv6 underlay (`2001:db8:0:<slot>::2`, the router,
+//! internet host and API server at their `2001:db8:` addresses), or IPv6-only pods over
+//! an IPv6 underlay. The router drops and counts both pod ranges in every layout.
+//!
 //! ```no_run
 //! use wgmesh_testbed::{Exec, Testbed};
 //! let tb = Testbed::builder().nodes(3).build();
@@ -68,10 +74,11 @@ pub use crate::node::Node;
 pub use crate::pod::{CniRefusal, Pod};
 pub use crate::underlay::{Drops, Internet, Router};
 pub use crate::whoami::WhoAmI;
+pub use addressing::{Family, Layout};
 pub use wgmesh_testkit::Proc;
 pub use wgmesh_testkit::apiserver::TestApiServer;
 
-use crate::addressing::{API_IP, API_PORT, MAX_NODES, NodeAddresses};
+use crate::addressing::{MAX_NODES, NodeAddresses};
 use crate::kube::Kube;
 use crate::netns::NetNs;
 use crate::node::NodeSpec;
@@ -88,12 +95,19 @@ pub const MESH_WAIT: Duration = Duration::from_secs(60);
 pub struct TestbedBuilder {
     nodes: usize,
     agent_args: Vec<String>,
+    layout: Layout,
 }
 
 impl TestbedBuilder {
     /// How many nodes (default 2, at most 16).
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self
+    }
+
+    /// Which families the underlay and the pods use (default [`Layout::Ipv4`]).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -121,20 +135,23 @@ impl TestbedBuilder {
             .tempdir()
             .expect("a temporary directory for the testbed's logs");
         let node_kubeconfig = dir.path().join("kubeconfig-nodes");
+        let layout = self.layout;
+        let family = layout.underlay();
 
         // The API server starts while the network is wired: the two take about as long.
-        let api_thread: JoinHandle<TestApiServer> =
-            std::thread::spawn(|| TestApiServer::start(&["--tls-san", &API_IP.to_string()]));
+        let api_thread: JoinHandle<TestApiServer> = std::thread::spawn(move || {
+            TestApiServer::start(&["--tls-san", &layout.api_ip().to_string()])
+        });
         let router = Router::create(&format!("{run_id}-router"), dir.path(), Drops::PodRange);
         let (internet, api_host, nodes) = std::thread::scope(|s| {
             let internet = s.spawn(|| {
                 let internet = Internet::create(&format!("{run_id}-inet"));
-                router.attach_internet(internet.netns());
+                router.attach_internet(internet.netns(), family);
                 internet
             });
             let api_host = s.spawn(|| {
                 let api_host = NetNs::create(&format!("{run_id}-api"));
-                router.attach_api(&api_host);
+                router.attach_api(&api_host, family);
                 api_host
             });
             let nodes: Vec<_> = (0..self.nodes)
@@ -143,7 +160,8 @@ impl TestbedBuilder {
                         (&router, &run_id, &node_kubeconfig, dir.path());
                     s.spawn(move || {
                         let name = node_name(i);
-                        Node::create(node_spec(run_id, &name, i, kubeconfig, dir), router)
+                        let spec = node_spec(run_id, &name, i, layout, kubeconfig, dir);
+                        Node::create(spec, router)
                     })
                 })
                 .collect();
@@ -166,7 +184,7 @@ impl TestbedBuilder {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
 
-        let (relay, kube) = control::connect(&api, &api_host, &node_kubeconfig);
+        let (relay, kube) = control::connect(&api, &api_host, layout.api_ip(), &node_kubeconfig);
         let mut tb = Testbed {
             nodes: nodes.into_iter().map(Some).collect(),
             kube,
@@ -178,6 +196,7 @@ impl TestbedBuilder {
             run_id,
             node_kubeconfig,
             agent_args: self.agent_args,
+            layout,
             build_duration: Duration::ZERO,
             dir,
         };
@@ -207,6 +226,7 @@ pub struct Testbed {
     run_id: String,
     node_kubeconfig: PathBuf,
     agent_args: Vec<String>,
+    layout: Layout,
     build_duration: Duration,
     dir: tempfile::TempDir,
 }
@@ -217,7 +237,13 @@ impl Testbed {
         TestbedBuilder {
             nodes: 2,
             agent_args: Vec::new(),
+            layout: Layout::Ipv4,
         }
+    }
+
+    /// Which families the underlay and the pods use.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The API server (host side: `client()`, `kubectl_ok()`, `restart()`...).
@@ -230,15 +256,16 @@ impl Testbed {
         &mut self.api
     }
 
-    /// The kubeconfig the agents use: the API server at 198.51.100.10:6443, reachable
-    /// only from inside the testbed's namespaces.
+    /// The kubeconfig the agents use: the API server at 198.51.100.10:6443 (over an
+    /// IPv6 underlay [2001:db8:198::10]:6443), reachable only from inside the testbed's
+    /// namespaces.
     pub fn node_kubeconfig(&self) -> &Path {
         &self.node_kubeconfig
     }
 
     /// The API server's URL as nodes reach it.
     pub fn api_url_for_nodes(&self) -> String {
-        format!("https://{API_IP}:{API_PORT}")
+        self.layout.api_url()
     }
 
     /// Node slot `i`; panics if it was removed or never added.
@@ -264,7 +291,7 @@ impl Testbed {
         &self.router
     }
 
-    /// The internet host (203.0.113.10).
+    /// The internet host (203.0.113.10, or 2001:db8:203::10 over an IPv6 underlay).
     pub fn internet(&self) -> &Internet {
         &self.internet
     }
@@ -288,6 +315,7 @@ impl Testbed {
             &self.run_id,
             &name,
             index,
+            self.layout,
             &self.node_kubeconfig,
             self.dir.path(),
         );
@@ -322,9 +350,30 @@ impl Testbed {
 
     /// The annotations of node `i`'s Node object (empty if it has none or is gone).
     pub fn node_annotations(&self, i: usize) -> BTreeMap<String, String> {
+        self.node_annotations_named(self.node(i).name())
+    }
+
+    /// Creates the Node object `name` of a node that runs outside the testbed's
+    /// namespaces but on its router in slot `addresses.index` (the test VM of
+    /// `tests/vm`, say), as its kubelet would register it. Such a node is not in
+    /// [`Testbed::nodes`]: [`Testbed::wait_for_mesh`] does not know it, so wait with
+    /// [`Node::wait_for_peers`] instead.
+    pub fn create_foreign_node_object(&self, name: &str, addresses: &NodeAddresses) {
+        self.kube
+            .create_node_object(name, addresses, &BTreeMap::new());
+    }
+
+    /// Deletes the Node object `name` if it exists (e.g. one made by
+    /// [`Testbed::create_foreign_node_object`]).
+    pub fn delete_node_object_named(&self, name: &str) {
+        self.kube.delete_node_if_exists(name);
+    }
+
+    /// The annotations of the Node object `name` (empty if it has none or is gone).
+    pub fn node_annotations_named(&self, name: &str) -> BTreeMap<String, String> {
         self.kube
             .node_annotations()
-            .remove(self.node(i).name())
+            .remove(name)
             .unwrap_or_default()
     }
 
@@ -410,18 +459,19 @@ pub fn node_name(i: usize) -> String {
     format!("node{i}")
 }
 
-/// The node of slot `i` of a [`Testbed`].
+/// The node of slot `i` of a [`Testbed`] in `layout`.
 fn node_spec<'a>(
     run_id: &'a str,
     name: &'a str,
     i: usize,
+    layout: Layout,
     kubeconfig: &'a Path,
     dir: &'a Path,
 ) -> NodeSpec<'a> {
     NodeSpec {
         run_id,
         name,
-        addresses: NodeAddresses::for_index(i),
+        addresses: NodeAddresses::for_layout(i, layout),
         labels: BTreeMap::new(),
         kubeconfig,
         dir,

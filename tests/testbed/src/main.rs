@@ -1,10 +1,11 @@
 //! `wgmesh-testbed`: a multi-node wgmesh cluster in namespaces on this machine (test
 //! infrastructure; needs root and a built workspace: `cargo build --workspace --bins`).
 //!
-//! `wgmesh-testbed up [--nodes N] [--pods M] [--keep]` builds the cluster, adds M pods
-//! per node, prints how to enter every node and pod, and tears everything down again:
-//! at once, or with `--keep` on Ctrl-C / SIGTERM. `wgmesh-testbed demo [multicloud]`
-//! runs a demo on the 3-node cluster or on the multi-cloud testbed.
+//! `wgmesh-testbed up [--nodes N] [--pods M] [--layout L] [--keep]` builds the cluster,
+//! adds M pods per node, prints how to enter every node and pod, and tears everything
+//! down again: at once, or with `--keep` on Ctrl-C / SIGTERM. `wgmesh-testbed demo
+//! [dualstack|multicloud]` runs a demo on the 3-node cluster, on a dual-stack one over an
+//! IPv6 underlay, or on the multi-cloud testbed.
 
 /// `println!` that ignores a closed stdout (`... | head`): a panic there would still
 /// tear down, but the cluster must not depend on who reads the output.
@@ -16,6 +17,7 @@ macro_rules! say {
 }
 
 mod demo;
+mod demo_dualstack;
 mod demo_multicloud;
 
 use std::process::ExitCode;
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use wgmesh_testbed::addressing::MAX_NODES;
+use wgmesh_testbed::addressing::{self, Family, Layout, MAX_NODES};
 use wgmesh_testbed::bench::{self, DataPlane};
 use wgmesh_testbed::{Pod, Testbed};
 
@@ -40,13 +42,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The demo: a 3-node cluster with 2 pods per node (or the multi-cloud testbed with
-    /// a pod per node); show and check, step by step, what wgmesh does (exit status 1 if
-    /// a check fails), then tear down (with --keep: on Ctrl-C or SIGTERM, after printing
-    /// how to enter nodes and pods).
+    /// The demo: a 3-node cluster with 2 pods per node (or the same with dual-stack pods
+    /// over an IPv6 underlay, or the multi-cloud testbed with a pod per node); show and
+    /// check, step by step, what wgmesh does (exit status 1 if a check fails), then tear
+    /// down (with --keep: on Ctrl-C or SIGTERM, after printing how to enter nodes and
+    /// pods).
     Demo {
-        /// Which cluster: three nodes behind one router, or two clouds and two homes
-        /// behind NATs on an internet that drops private addresses.
+        /// Which cluster: three nodes behind one router (IPv4, or dual-stack pods over
+        /// an IPv6 underlay), or two clouds and two homes behind NATs on an internet that
+        /// drops private addresses.
         #[arg(value_enum, default_value_t = Topology::ThreeNodes)]
         topology: Topology,
         #[arg(long)]
@@ -61,6 +65,10 @@ enum Command {
         /// Pods to create on every node.
         #[arg(long, default_value_t = 1)]
         pods: usize,
+        /// Which families the underlay and the pods use: ipv4, dualstack-over-ipv4,
+        /// dualstack (over an IPv6 underlay), ipv6.
+        #[arg(long, default_value = "ipv4", value_parser = parse_layout)]
+        layout: Layout,
         /// Keep the cluster until Ctrl-C or SIGTERM.
         #[arg(long)]
         keep: bool,
@@ -76,6 +84,10 @@ enum Command {
         /// put in place of the agents on the same nodes).
         #[arg(long, value_delimiter = ',', default_value = "agent,wireguard-go")]
         data_planes: Vec<String>,
+        /// The clusters' layout (as for `up`): `dualstack` runs the tunnel over an IPv6
+        /// underlay.
+        #[arg(long, default_value = "ipv4", value_parser = parse_layout)]
+        layout: Layout,
     },
 }
 
@@ -84,6 +96,8 @@ enum Command {
 enum Topology {
     /// Three nodes behind one router.
     ThreeNodes,
+    /// Three nodes behind one router, dual-stack pods over an IPv6 underlay.
+    Dualstack,
     /// a1, a2 (cloud-a), b1 (cloud-b), h1, h2 (two homes), each site behind its NAT.
     Multicloud,
 }
@@ -111,11 +125,20 @@ fn main() -> ExitCode {
         }
     }
     match cli.command {
-        Command::Up { nodes, pods, keep } => up(nodes as usize, pods, keep),
+        Command::Up {
+            nodes,
+            pods,
+            layout,
+            keep,
+        } => up(nodes as usize, pods, layout, keep),
         Command::Demo {
             topology: Topology::ThreeNodes,
             keep,
         } => return run_demo(keep),
+        Command::Demo {
+            topology: Topology::Dualstack,
+            keep,
+        } => return demo_dualstack::main(keep, &STOP),
         Command::Demo {
             topology: Topology::Multicloud,
             keep,
@@ -123,7 +146,8 @@ fn main() -> ExitCode {
         Command::Bench {
             seconds,
             data_planes,
-        } => return bench(seconds, &data_planes),
+            layout,
+        } => return bench(seconds, &data_planes, layout),
     }
     ExitCode::SUCCESS
 }
@@ -163,7 +187,7 @@ fn run_demo(keep: bool) -> ExitCode {
     }
 }
 
-fn bench(seconds: u32, names: &[String]) -> ExitCode {
+fn bench(seconds: u32, names: &[String], layout: Layout) -> ExitCode {
     let mut planes = Vec::new();
     for name in names {
         match DataPlane::parse(name) {
@@ -178,7 +202,7 @@ fn bench(seconds: u32, names: &[String]) -> ExitCode {
         if STOP.load(Ordering::SeqCst) {
             return ExitCode::FAILURE;
         }
-        say!("{}", bench::measure(plane, seconds).to_json());
+        say!("{}", bench::measure(plane, seconds, layout).to_json());
     }
     ExitCode::SUCCESS
 }
@@ -190,8 +214,19 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn up(nodes: usize, pods_per_node: usize, keep: bool) {
-    let tb = Testbed::builder().nodes(nodes).build();
+/// A layout by its command-line name ([`Layout::name`]).
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    Layout::ALL
+        .into_iter()
+        .find(|l| l.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
+            format!("{s:?} is not a layout (one of {})", names.join(", "))
+        })
+}
+
+fn up(nodes: usize, pods_per_node: usize, layout: Layout, keep: bool) {
+    let tb = Testbed::builder().nodes(nodes).layout(layout).build();
     let mut pods: Vec<Pod> = Vec::new();
     for node in tb.nodes() {
         for k in 0..pods_per_node {
@@ -216,7 +251,7 @@ fn up(nodes: usize, pods_per_node: usize, keep: bool) {
     say!("Torn down.");
 }
 
-fn print_cluster(tb: &Testbed, pods: &[Pod]) {
+pub(crate) fn print_cluster(tb: &Testbed, pods: &[Pod]) {
     say!(
         "wgmesh testbed {} is up: {} nodes, built in {:.2} s; logs in {}",
         tb.run_id(),
@@ -224,6 +259,9 @@ fn print_cluster(tb: &Testbed, pods: &[Pod]) {
         tb.build_duration().as_secs_f64(),
         tb.dir().display()
     );
+    if tb.layout() != Layout::Ipv4 {
+        say!("layout: {}", tb.layout().describe());
+    }
     say!(
         "\nAPI server: KUBECONFIG={} kubectl get nodes -o wide",
         tb.api().kubeconfig().display()
@@ -233,41 +271,51 @@ fn print_cluster(tb: &Testbed, pods: &[Pod]) {
         tb.api_url_for_nodes(),
         tb.node_kubeconfig().display()
     );
+    let underlay = |n: &wgmesh_testbed::Node| addressing::join(n.underlay_ips());
+    let cidrs = |n: &wgmesh_testbed::Node| addressing::join(n.pod_cidrs());
+    let (w_underlay, w_cidrs) = (
+        tb.nodes().map(|n| underlay(n).len()).fold(12, usize::max),
+        tb.nodes().map(|n| cidrs(n).len()).fold(15, usize::max),
+    );
     say!(
-        "\n{:<8} {:<12} {:<15} ENTER",
+        "\n{:<8} {:<w_underlay$} {:<w_cidrs$} ENTER",
         "NODE",
         "UNDERLAY",
         "POD CIDR"
     );
     for node in tb.nodes() {
         say!(
-            "{:<8} {:<12} {:<15} {}",
+            "{:<8} {:<w_underlay$} {:<w_cidrs$} {}",
             node.name(),
-            node.underlay_ip().to_string(),
-            node.pod_cidr().to_string(),
+            underlay(node),
+            cidrs(node),
             node.enter_command()
         );
     }
     if !pods.is_empty() {
-        say!("\n{:<10} {:<8} {:<12} ENTER", "POD", "NODE", "IP");
+        let ips = |p: &Pod| addressing::join(p.ips());
+        let w_ips = pods.iter().map(|p| ips(p).len()).fold(12, usize::max);
+        say!("\n{:<10} {:<8} {:<w_ips$} ENTER", "POD", "NODE", "IP");
         for pod in pods {
             say!(
-                "{:<10} {:<8} {:<12} {}",
+                "{:<10} {:<8} {:<w_ips$} {}",
                 pod.name(),
                 pod.node_name(),
-                pod.ip().to_string(),
+                ips(pod),
                 pod.enter_command()
             );
         }
     }
     say!(
-        "\nrouter:   {}   (drops 10.244.0.0/16: nft list table ip wgmesh_testbed)",
-        tb.router().enter_command()
+        "\nrouter:   {}   (drops {} and {}: nft list ruleset)",
+        tb.router().enter_command(),
+        Family::Ipv4.cluster_cidr(),
+        Family::Ipv6.cluster_cidr()
     );
     say!(
         "internet: {}   ({})",
         tb.internet().enter_command(),
-        tb.internet().ip()
+        tb.layout().internet_ip()
     );
     say!(
         "\nInside a node: cat /etc/cni/net.d/10-wgmesh.conflist /var/lib/wgmesh/mesh.json; ip netns list"

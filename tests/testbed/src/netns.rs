@@ -2,11 +2,15 @@
 //! `ip netns add`, loopback up, deleted on drop (only the one this value created); and
 //! the veth links that wire namespaces together.
 //!
-//! IPv6 is disabled on every testbed link (both ends, before they come up), so captures
-//! show only what the testbed and the product send, not router solicitations and MLD.
+//! IPv6 is disabled on every testbed link of an IPv4 underlay (both ends, before they
+//! come up), so captures show only what the testbed and the product send, not router
+//! solicitations and MLD. Links of an IPv6 underlay keep IPv6 as quiet as it gets: no
+//! router solicitations, no autoconfiguration, no duplicate address detection (an
+//! address is usable at once); neighbour discovery and MLD reports remain (captures
+//! leave them out with [`crate::capture::UNDERLAY_FILTER`]).
 
 use std::ffi::OsStr;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -59,18 +63,57 @@ impl NetNs {
         peer.disable_ipv6(peer_link);
     }
 
+    /// Creates a veth pair like [`NetNs::add_veth`], but with IPv6 on both ends, as
+    /// quiet as [`NetNs::quiet_ipv6`] makes it: a link of an IPv6 underlay.
+    pub fn add_veth_ipv6(&self, link: &str, peer: &NetNs, peer_link: &str) {
+        self.ip_batch(&[format!(
+            "link add {link} type veth peer name {peer_link} netns {}",
+            peer.name()
+        )]);
+        self.quiet_ipv6(link);
+        peer.quiet_ipv6(peer_link);
+    }
+
     /// Disables IPv6 on `link` of this namespace.
     pub fn disable_ipv6(&self, link: &str) {
         self.set_sysctl(&format!("net.ipv6.conf.{link}.disable_ipv6"), "1");
     }
 
+    /// Enables IPv6 on `link` (still down) without what a host does on its own when the
+    /// link comes up: router solicitations, autoconfiguration from router
+    /// advertisements, duplicate address detection (addresses are usable at once).
+    pub fn quiet_ipv6(&self, link: &str) {
+        for (key, value) in [
+            ("accept_ra", "0"),
+            ("autoconf", "0"),
+            ("router_solicitations", "0"),
+            ("accept_dad", "0"),
+            ("dad_transmits", "0"),
+            ("disable_ipv6", "0"),
+        ] {
+            self.set_sysctl(&format!("net.ipv6.conf.{link}.{key}"), value);
+        }
+    }
+
     /// Gives `link` the address `ip/prefix_len`, brings it up, and routes everything
-    /// else via `gateway`: how a host is plugged into its subnet.
-    pub fn plug_in(&self, link: &str, ip: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) {
+    /// else of that family via `gateway`: how a host is plugged into its subnet.
+    pub fn plug_in(
+        &self,
+        link: &str,
+        ip: impl Into<IpAddr>,
+        prefix_len: u8,
+        gateway: impl Into<IpAddr>,
+    ) {
+        let (ip, gateway) = (ip.into(), gateway.into());
+        let (flags, default) = match ip {
+            IpAddr::V4(_) => ("", "default"),
+            // nodad: usable at once, whatever the link's sysctls.
+            IpAddr::V6(_) => (" nodad", "::/0"),
+        };
         self.ip_batch(&[
-            format!("addr add {ip}/{prefix_len} dev {link}"),
+            format!("addr add {ip}/{prefix_len} dev {link}{flags}"),
             format!("link set {link} up"),
-            format!("route add default via {gateway}"),
+            format!("route add {default} via {gateway}"),
         ]);
     }
 

@@ -10,15 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
-use crate::addressing::NodeAddresses;
+use crate::addressing::{Family, Layout, NodeAddresses};
 use crate::agent::Agent;
 use crate::exec::{self, Exec};
 use crate::holder::Holder;
@@ -29,8 +29,8 @@ use crate::raw::{self, Mac};
 /// What a node's network namespace is plugged into.
 pub(crate) trait Uplink: Sync {
     /// Wires the node `name`'s namespace `node`: its [`UNDERLAY_LINK`] gets
-    /// `addresses.underlay_ip` and a default route via `addresses.router_ip`. Returns
-    /// the MAC address of that next hop.
+    /// `addresses.internal_ip()` and a default route via `addresses.gateway_ip()`.
+    /// Returns the MAC address of that next hop.
     fn attach(&self, node: &NetNs, name: &str, addresses: &NodeAddresses) -> Mac;
 }
 
@@ -103,6 +103,7 @@ impl Node {
             name,
             kubeconfig.to_path_buf(),
             dir.join(format!("{name}-agent.log")),
+            addresses.layout.cluster_cidr_arg(),
         );
         Node {
             agent,
@@ -121,10 +122,15 @@ impl Node {
         &self.name
     }
 
-    /// The node's slot in the testbed (`tb.node(i)`); its pod CIDR is
-    /// `10.244.<index>.0/24`.
+    /// The node's slot in the testbed (`tb.node(i)`); its pod CIDRs are
+    /// `10.244.<index>.0/24` and `fd00:10:244:<index>::/64` (those of its layout).
     pub fn index(&self) -> usize {
         self.addresses.index
+    }
+
+    /// Which families the node's underlay and pods use.
+    pub fn layout(&self) -> Layout {
+        self.addresses.layout
     }
 
     /// The node's addresses, as its Node object gets them.
@@ -143,20 +149,96 @@ impl Node {
         self.addresses.external_ip
     }
 
-    /// The node's address on the underlay: its InternalIP.
+    /// The node's IPv4 address on the underlay: its InternalIP. Panics over an IPv6
+    /// underlay (see [`Node::internal_ip`]).
     pub fn underlay_ip(&self) -> Ipv4Addr {
+        self.assert_underlay(Family::Ipv4);
         self.addresses.underlay_ip
     }
 
-    /// The router's (or the site gateway's) address in the node's subnet: the node's
-    /// default gateway.
+    /// The node's IPv6 address on the underlay: its InternalIP. Panics over an IPv4
+    /// underlay.
+    pub fn underlay_ip6(&self) -> Ipv6Addr {
+        self.assert_underlay(Family::Ipv6);
+        self.addresses.underlay_ip6
+    }
+
+    /// The node's address on the underlay, of either family: its InternalIP.
+    pub fn internal_ip(&self) -> IpAddr {
+        self.addresses.internal_ip()
+    }
+
+    /// The node's addresses on the underlay (its InternalIPs): one, of the underlay's
+    /// family.
+    pub fn underlay_ips(&self) -> Vec<IpAddr> {
+        vec![self.internal_ip()]
+    }
+
+    /// The node's address on the underlay of `family`, if it has one.
+    pub fn underlay_ip_of(&self, family: Family) -> Option<IpAddr> {
+        (self.layout().underlay() == family).then(|| self.internal_ip())
+    }
+
+    /// The router's (or the site gateway's) IPv4 address in the node's subnet: the
+    /// node's default gateway. Panics over an IPv6 underlay.
     pub fn router_ip(&self) -> Ipv4Addr {
+        self.assert_underlay(Family::Ipv4);
         self.addresses.router_ip
     }
 
-    /// The node's spec.podCIDR.
+    /// The node's IPv4 pod CIDR (spec.podCIDR of an IPv4 or dual-stack node). Panics
+    /// when its pods have no IPv4 (see [`Node::pod_cidrs`]).
     pub fn pod_cidr(&self) -> Ipv4Net {
+        self.assert_pods(Family::Ipv4);
         self.addresses.pod_cidr
+    }
+
+    /// The node's IPv6 pod CIDR. Panics when its pods have no IPv6.
+    pub fn pod_cidr6(&self) -> Ipv6Net {
+        self.assert_pods(Family::Ipv6);
+        self.addresses.pod_cidr6
+    }
+
+    /// The node's pod CIDR of `family`, if its pods have that family.
+    pub fn pod_cidr_of(&self, family: Family) -> Option<IpNet> {
+        self.layout()
+            .has_pods_of(family)
+            .then(|| self.addresses.pod_cidr_of(family))
+    }
+
+    /// The node's spec.podCIDRs, IPv4 first.
+    pub fn pod_cidrs(&self) -> Vec<IpNet> {
+        self.addresses.pod_cidrs()
+    }
+
+    /// The address of the node's bridge in its pod CIDR of `family` (the pods' gateway;
+    /// the source of the node's own traffic to remote pods), if its pods have that
+    /// family.
+    pub fn pod_gateway_of(&self, family: Family) -> Option<IpAddr> {
+        // The first address after the network's (wgmesh-cni's gateway in both families).
+        self.pod_cidr_of(family).map(|net| match net {
+            IpNet::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)),
+            IpNet::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + 1)),
+        })
+    }
+
+    fn assert_underlay(&self, family: Family) {
+        assert_eq!(
+            self.layout().underlay(),
+            family,
+            "{} has no {family} underlay address ({})",
+            self.name,
+            self.layout().describe()
+        );
+    }
+
+    fn assert_pods(&self, family: Family) {
+        assert!(
+            self.layout().has_pods_of(family),
+            "{} has no {family} pod CIDR ({})",
+            self.name,
+            self.layout().describe()
+        );
     }
 
     /// The `wgmesh.io/endpoint` the node's agent should publish.

@@ -9,11 +9,12 @@
 //! disappears with its node.
 
 use std::ffi::OsStr;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use serde_json::Value;
 
+use crate::addressing::Family;
 use crate::cni::{self, Invocation};
 use crate::exec::{self, Exec};
 use crate::holder::Holder;
@@ -48,7 +49,8 @@ pub struct Pod {
     node_index: usize,
     node_name: String,
     holder_pid: u32,
-    ip: Ipv4Addr,
+    /// Its addresses from the CNI result, in the result's order.
+    ips: Vec<IpAddr>,
     container_id: String,
     config: Value,
     result: Value,
@@ -116,14 +118,21 @@ impl Pod {
         }
         let result: Value = serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("CNI ADD of pod {name} printed no JSON ({e}): {stdout}"));
-        let ip = cni::ipv4_of(&result)
-            .unwrap_or_else(|| panic!("CNI ADD of pod {name} returned no IPv4 address: {stdout}"));
+        let ips = cni::ips_of(&result);
+        let mut families: Vec<Family> = ips.iter().map(|ip| Family::of(*ip)).collect();
+        families.sort();
+        assert_eq!(
+            families,
+            node.layout().pod_families(),
+            "CNI ADD of pod {name} returned addresses of other families than the node's pods have ({}): {stdout}",
+            node.layout().describe()
+        );
         Ok(Pod {
             name: name.to_string(),
             node_index: node.index(),
             node_name: node.name().to_string(),
             holder_pid: holder.pid(),
-            ip,
+            ips,
             container_id,
             config,
             result,
@@ -168,9 +177,34 @@ impl Pod {
         &self.node_name
     }
 
-    /// The pod's IPv4 address, from the CNI result.
+    /// The pod's IPv4 address, from the CNI result. Panics for a pod without one (an
+    /// IPv6-only pod network: see [`Pod::ips`]).
     pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        match self.ip_of(Family::Ipv4) {
+            Some(IpAddr::V4(ip)) => ip,
+            _ => panic!("pod {} has no IPv4 address: {:?}", self.name, self.ips),
+        }
+    }
+
+    /// The pod's IPv6 address, from the CNI result. Panics for a pod without one.
+    pub fn ip6(&self) -> Ipv6Addr {
+        match self.ip_of(Family::Ipv6) {
+            Some(IpAddr::V6(ip)) => ip,
+            _ => panic!("pod {} has no IPv6 address: {:?}", self.name, self.ips),
+        }
+    }
+
+    /// The pod's address of `family`, if it has one.
+    pub fn ip_of(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+    }
+
+    /// Every address of the pod (one per family of its node's pods, IPv4 first).
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.ips
     }
 
     /// `CNI_CONTAINERID` of the pod.

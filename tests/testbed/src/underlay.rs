@@ -2,20 +2,22 @@
 //! the "internet" host and the API server's host, each in its own subnet.
 //!
 //! The router forwards between node addresses like any router, but, like real routers
-//! between hosts, it drops every packet from or to the pod range (10.244.0.0/16): an
-//! nftables rule in the router, counted, so tests can prove that pod traffic crossed the
-//! underlay only encrypted, never as plain pod addresses. The router has no default
-//! route, so nothing the testbed sends can leave these namespaces.
+//! between hosts, it drops every packet from or to the pod ranges (10.244.0.0/16 and
+//! fd00:10:244::/56): nftables rules in the router, counted, so tests can prove that pod
+//! traffic crossed the underlay only encrypted, never as plain pod addresses. The router
+//! has no default route, so nothing the testbed sends can leave these namespaces.
 //!
 //! The same router is the internet of a [`crate::MultiCloud`], where it connects NAT
 //! gateways instead of nodes and drops every private address ([`Drops::Private`]).
 //!
-//! IPv6 is disabled on every underlay link (both ends), so captures on the router show
-//! only what the testbed and the product send, not router solicitations and MLD.
+//! The underlay has one family (see [`crate::addressing::Layout`]). Over IPv4, IPv6 is
+//! disabled on every underlay link (both ends), so captures on the router show only what
+//! the testbed and the product send, not router solicitations and MLD; over IPv6 the
+//! links have IPv6 only, kept quiet (see [`crate::netns`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -25,8 +27,9 @@ use ipnet::Ipv4Net;
 use wgmesh_testkit::Proc;
 
 use crate::addressing::{
-    API_IP, API_PREFIX_LEN, API_ROUTER_IP, CLUSTER_CIDR, INTERNET_IP, INTERNET_PREFIX_LEN,
-    INTERNET_ROUTER_IP, NODE_PREFIX_LEN, NodeAddresses,
+    API_IP, API_IP6, API_PREFIX_LEN, API_ROUTER_IP, API_ROUTER_IP6, CLUSTER_CIDR, CLUSTER_CIDR6,
+    Family, INTERNET_IP, INTERNET_IP6, INTERNET_PREFIX_LEN, INTERNET_ROUTER_IP,
+    INTERNET_ROUTER_IP6, NodeAddresses, PREFIX_LEN6,
 };
 use crate::capture::{self, Capture, Tap, Taps};
 use crate::exec::Exec;
@@ -37,7 +40,8 @@ use crate::whoami::WhoAmI;
 
 /// The nftables table of the router.
 pub const NFT_TABLE: &str = "wgmesh_testbed";
-/// The named counter of packets the router dropped because of a pod-range address.
+/// The named counter of packets the router dropped because of a pod-range address (in
+/// the `ip` table for the IPv4 range, in the `ip6` table for the IPv6 range).
 pub const POD_RANGE_COUNTER: &str = "pod_range_dropped";
 /// The named counter of packets the router dropped because of a private address (pod
 /// range included), with [`Drops::Private`].
@@ -57,18 +61,24 @@ pub fn node_link(index: usize) -> String {
 /// What the router drops (and counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drops {
-    /// Every packet from or to the pod range ([`POD_RANGE_COUNTER`]): a router between
+    /// Every packet from or to the pod ranges ([`POD_RANGE_COUNTER`]): a router between
     /// hosts of one network, which knows nothing of pods.
     PodRange,
-    /// Every packet from or to a private address ([`PRIVATE_RANGES`], counted in
+    /// Every packet from or to a private IPv4 address ([`PRIVATE_RANGES`], counted in
     /// [`PRIVATE_COUNTER`]), as internet routers drop them; those from or to the pod
-    /// range are also counted in [`POD_RANGE_COUNTER`].
+    /// range are also counted in [`POD_RANGE_COUNTER`]. The IPv6 pod range is dropped
+    /// and counted as with [`Drops::PodRange`].
     Private,
 }
 
 impl Drops {
-    /// The router's nftables ruleset.
+    /// The router's nftables ruleset: the IPv4 table of `self`, and the IPv6 table
+    /// dropping the IPv6 pod range.
     fn ruleset(self) -> String {
+        format!("{}\n{}", self.ipv4_ruleset(), ipv6_ruleset())
+    }
+
+    fn ipv4_ruleset(self) -> String {
         let chains = match self {
             Drops::PodRange => format!(
                 "chain prerouting {{
@@ -110,15 +120,35 @@ impl Drops {
     }
 }
 
-/// How a namespace is wired to the router (see [`Router::attach`]).
+/// The router's `ip6` table: every packet from or to the IPv6 pod range is dropped and
+/// counted.
+fn ipv6_ruleset() -> String {
+    format!(
+        "table ip6 {NFT_TABLE} {{
+            counter {POD_RANGE_COUNTER} {{ }}
+            chain prerouting {{
+                type filter hook prerouting priority raw; policy accept;
+                ip6 saddr {CLUSTER_CIDR6} counter name {POD_RANGE_COUNTER} drop
+                ip6 daddr {CLUSTER_CIDR6} counter name {POD_RANGE_COUNTER} drop
+            }}
+            chain output {{
+                type filter hook output priority raw; policy accept;
+                ip6 daddr {CLUSTER_CIDR6} counter name {POD_RANGE_COUNTER} drop
+            }}
+        }}"
+    )
+}
+
+/// How a namespace is wired to the router (see [`Router::attach`]): one subnet, of
+/// the family of its addresses.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attachment<'a> {
     /// The router's interface.
     pub router_link: &'a str,
     /// The interface in the attached namespace.
     pub peer_link: &'a str,
-    pub router_ip: Ipv4Addr,
-    pub peer_ip: Ipv4Addr,
+    pub router_ip: IpAddr,
+    pub peer_ip: IpAddr,
     pub prefix_len: u8,
 }
 
@@ -137,10 +167,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// Creates the router namespace `name` with forwarding and the drop rules of `drops`.
+    /// Creates the router namespace `name` with forwarding (both families) and the
+    /// drop rules of `drops`.
     pub(crate) fn create(name: &str, capture_dir: &Path, drops: Drops) -> Router {
         let netns = NetNs::create(name);
         netns.set_sysctl("net.ipv4.ip_forward", "1");
+        netns.set_sysctl("net.ipv6.conf.all.forwarding", "1");
         let mut nft = netns.command("nft");
         nft.args(["-f", "-"]);
         crate::exec::output_ok(nft, Some(drops.ruleset().as_bytes()));
@@ -153,19 +185,34 @@ impl Router {
     }
 
     /// Connects `peer` with a veth: `router_link` here, `peer_link` there; addresses on
-    /// both ends and the peer's default route via the router.
+    /// both ends and the peer's default route (of that family) via the router. An IPv6
+    /// subnet makes an IPv6-only link, an IPv4 one a link without IPv6.
     pub(crate) fn attach(&self, peer: &NetNs, a: Attachment<'_>) {
-        self.netns.add_veth(a.router_link, peer, a.peer_link);
+        let flags = match a.router_ip {
+            IpAddr::V4(_) => {
+                self.netns.add_veth(a.router_link, peer, a.peer_link);
+                ""
+            }
+            IpAddr::V6(_) => {
+                self.netns.add_veth_ipv6(a.router_link, peer, a.peer_link);
+                " nodad"
+            }
+        };
         self.netns.ip_batch(&[
             format!(
-                "addr add {}/{} dev {}",
+                "addr add {}/{} dev {}{flags}",
                 a.router_ip, a.prefix_len, a.router_link
             ),
             format!("link set {} up", a.router_link),
         ]);
         peer.plug_in(a.peer_link, a.peer_ip, a.prefix_len, a.router_ip);
-        let subnet = Ipv4Net::new(a.peer_ip, a.prefix_len).expect("a valid prefix length");
-        self.taps.add(a.router_link, subnet.broadcast());
+        match a.peer_ip {
+            IpAddr::V4(ip) => {
+                let subnet = Ipv4Net::new(ip, a.prefix_len).expect("a valid prefix length");
+                self.taps.add(a.router_link, subnet.broadcast());
+            }
+            IpAddr::V6(_) => self.taps.add_ipv6_only(a.router_link),
+        }
     }
 
     /// Routes `destination` via `gateway` (an address in one of the router's subnets):
@@ -175,8 +222,9 @@ impl Router {
             .ip_batch(&[format!("route add {destination} via {gateway}")]);
     }
 
-    /// Connects a node's network namespace in its slot's subnet; returns the MAC address
-    /// of the router's end (the node's gateway).
+    /// Connects a node's network namespace in its slot's subnet of its layout's
+    /// underlay family; returns the MAC address of the router's end (the node's
+    /// gateway).
     pub(crate) fn attach_node(&self, node_netns: &NetNs, addresses: &NodeAddresses) -> Mac {
         let link = node_link(addresses.index);
         self.attach(
@@ -184,9 +232,9 @@ impl Router {
             Attachment {
                 router_link: &link,
                 peer_link: crate::node::UNDERLAY_LINK,
-                router_ip: addresses.router_ip,
-                peer_ip: addresses.underlay_ip,
-                prefix_len: NODE_PREFIX_LEN,
+                router_ip: addresses.gateway_ip(),
+                peer_ip: addresses.internal_ip(),
+                prefix_len: addresses.prefix_len(),
             },
         );
         let mac = self.netns.link_mac(&link);
@@ -197,8 +245,22 @@ impl Router {
         mac
     }
 
-    /// Forgets a removed node's link (the veth went away with the node's namespace).
-    pub(crate) fn detach_node(&self, index: usize) {
+    /// Adopts the interface towards node slot `addresses.index` that something outside
+    /// the testbed plugged into the router (the test VM of `tests/vm`, say), with the
+    /// router's address in that slot's subnet already on it: captures then tap it like
+    /// the testbed's own node links. Undone by [`Router::detach_node`].
+    pub fn adopt_node_link(&self, addresses: &NodeAddresses) {
+        let link = node_link(addresses.index);
+        self.taps.add(&link, addresses.broadcast);
+        self.node_links
+            .lock()
+            .expect("router links")
+            .insert(addresses.index, link);
+    }
+
+    /// Forgets a removed node's link and deletes the router's end if it is still there
+    /// (normally the veth went away with the node's namespace).
+    pub fn detach_node(&self, index: usize) {
         if let Some(link) = self.node_links.lock().expect("router links").remove(&index) {
             self.taps.remove(&link);
             // Normally gone already; deleting twice is harmless.
@@ -206,30 +268,42 @@ impl Router {
         }
     }
 
-    /// Connects the internet host.
-    pub(crate) fn attach_internet(&self, internet: &NetNs) {
+    /// Connects the internet host, in the underlay's `family`.
+    pub(crate) fn attach_internet(&self, internet: &NetNs, family: Family) {
+        let (router_ip, peer_ip, prefix_len) = match family {
+            Family::Ipv4 => (
+                INTERNET_ROUTER_IP.into(),
+                INTERNET_IP.into(),
+                INTERNET_PREFIX_LEN,
+            ),
+            Family::Ipv6 => (INTERNET_ROUTER_IP6.into(), INTERNET_IP6.into(), PREFIX_LEN6),
+        };
         self.attach(
             internet,
             Attachment {
                 router_link: INTERNET_LINK,
                 peer_link: "eth0",
-                router_ip: INTERNET_ROUTER_IP,
-                peer_ip: INTERNET_IP,
-                prefix_len: INTERNET_PREFIX_LEN,
+                router_ip,
+                peer_ip,
+                prefix_len,
             },
         );
     }
 
-    /// Connects the API server's host.
-    pub(crate) fn attach_api(&self, api: &NetNs) {
+    /// Connects the API server's host, in the underlay's `family`.
+    pub(crate) fn attach_api(&self, api: &NetNs, family: Family) {
+        let (router_ip, peer_ip, prefix_len) = match family {
+            Family::Ipv4 => (API_ROUTER_IP.into(), API_IP.into(), API_PREFIX_LEN),
+            Family::Ipv6 => (API_ROUTER_IP6.into(), API_IP6.into(), PREFIX_LEN6),
+        };
         self.attach(
             api,
             Attachment {
                 router_link: API_LINK,
                 peer_link: "eth0",
-                router_ip: API_ROUTER_IP,
-                peer_ip: API_IP,
-                prefix_len: API_PREFIX_LEN,
+                router_ip,
+                peer_ip,
+                prefix_len,
             },
         );
     }
@@ -255,9 +329,18 @@ impl Router {
     }
 
     /// Packets the router has dropped so far because their source or destination is in
-    /// the pod range.
+    /// a pod range, of either family.
     pub fn pod_range_drops(&self) -> u64 {
-        self.counter_packets(POD_RANGE_COUNTER)
+        self.pod_range_drops_of(Family::Ipv4) + self.pod_range_drops_of(Family::Ipv6)
+    }
+
+    /// Packets the router has dropped so far because their source or destination is in
+    /// the pod range of `family`.
+    pub fn pod_range_drops_of(&self, family: Family) -> u64 {
+        match family {
+            Family::Ipv4 => self.counter_packets(POD_RANGE_COUNTER),
+            Family::Ipv6 => nft_counter_in(self, "ip6", NFT_TABLE, POD_RANGE_COUNTER),
+        }
     }
 
     /// Packets the router has dropped so far because their source or destination is a
@@ -266,44 +349,56 @@ impl Router {
         self.counter_packets(PRIVATE_COUNTER)
     }
 
-    /// Panics unless no packet from or to the pod range has reached the router since the
-    /// testbed was built (its drop counter is 0), and none shows a pod address in any of
-    /// `captures`. Each node is alone with the router in its subnet, so every packet on
-    /// the underlay passes the router: this shows that pod traffic crossed the underlay
-    /// only encrypted.
+    /// Panics unless no packet from or to a pod range (of either family) has reached
+    /// the router since the testbed was built (its drop counters are 0), and none shows
+    /// a pod address in any of `captures`. Each node is alone with the router in its
+    /// subnet, so every packet on the underlay passes the router: this shows that pod
+    /// traffic crossed the underlay only encrypted.
     pub fn assert_no_pod_traffic_in_clear(&self, captures: &[&Capture]) {
-        let range = crate::addressing::cluster_cidr();
-        for capture in captures {
-            let clear = capture.packets_with_addresses_in(range);
-            assert!(
-                clear.is_empty(),
-                "{} captured packets show a pod address ({range}) on the underlay, e.g. {}",
-                clear.len(),
-                clear[0]
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let range = family.cluster_cidr();
+            for capture in captures {
+                let clear = capture.packets_with_addresses_in(range);
+                assert!(
+                    clear.is_empty(),
+                    "{} captured packets show a pod address ({range}) on the underlay, e.g. {}",
+                    clear.len(),
+                    clear[0]
+                );
+            }
+            let drops = self.pod_range_drops_of(family);
+            assert_eq!(
+                drops, 0,
+                "the router dropped {drops} packets from or to the pod range {range}: pod traffic was on the underlay in clear"
             );
         }
-        let drops = self.pod_range_drops();
-        assert_eq!(
-            drops, 0,
-            "the router dropped {drops} packets from or to the pod range {range}: pod traffic was on the underlay in clear"
-        );
     }
 
-    /// Drops every packet the router would forward between `a` and `b` (both directions)
-    /// until the returned guard is dropped: e.g. a node cut off from the API server while
-    /// it still reaches the other nodes.
-    pub fn block(&self, a: Ipv4Addr, b: Ipv4Addr) -> Blocked<'_> {
+    /// Drops every packet the router would forward between `a` and `b` (both directions,
+    /// both of one family) until the returned guard is dropped: e.g. a node cut off
+    /// from the API server while it still reaches the other nodes.
+    pub fn block(&self, a: impl Into<IpAddr>, b: impl Into<IpAddr>) -> Blocked<'_> {
         static BLOCKS: AtomicU32 = AtomicU32::new(0);
+        let (a, b) = (a.into(), b.into());
+        assert_eq!(
+            Family::of(a),
+            Family::of(b),
+            "blocking between {a} and {b}: not of one family"
+        );
+        let ip = match a {
+            IpAddr::V4(_) => "ip",
+            IpAddr::V6(_) => "ip6",
+        };
         let table = format!(
             "{NFT_TABLE}_block{}",
             BLOCKS.fetch_add(1, Ordering::Relaxed)
         );
         let ruleset = format!(
-            "table ip {table} {{
+            "table inet {table} {{
                 chain forward {{
                     type filter hook forward priority filter; policy accept;
-                    ip saddr {a} ip daddr {b} drop
-                    ip saddr {b} ip daddr {a} drop
+                    {ip} saddr {a} {ip} daddr {b} drop
+                    {ip} saddr {b} {ip} daddr {a} drop
                 }}
             }}"
         );
@@ -355,8 +450,14 @@ impl Router {
 /// The packet count of the named nftables counter `name` of table `ip <table>` in
 /// `place`.
 pub(crate) fn nft_counter(place: &impl Exec, table: &str, name: &str) -> u64 {
-    try_nft_counter(place, table, name).unwrap_or_else(|| {
-        let out = place.exec(&["nft", "-j", "list", "counter", "ip", table, name]);
+    nft_counter_in(place, "ip", table, name)
+}
+
+/// The packet count of the named nftables counter `name` of table `<family> <table>`
+/// in `place`.
+pub(crate) fn nft_counter_in(place: &impl Exec, family: &str, table: &str, name: &str) -> u64 {
+    try_nft_counter_in(place, family, table, name).unwrap_or_else(|| {
+        let out = place.exec(&["nft", "-j", "list", "counter", family, table, name]);
         panic!(
             "no packet count for counter {name} of table {table} in {}: {}{}",
             place.place(),
@@ -368,7 +469,17 @@ pub(crate) fn nft_counter(place: &impl Exec, table: &str, name: &str) -> u64 {
 
 /// Like [`nft_counter`], None when it cannot be read (for failure messages).
 pub(crate) fn try_nft_counter(place: &impl Exec, table: &str, name: &str) -> Option<u64> {
-    let out = place.exec(&["nft", "-j", "list", "counter", "ip", table, name]);
+    try_nft_counter_in(place, "ip", table, name)
+}
+
+/// Like [`nft_counter_in`], None when it cannot be read.
+pub(crate) fn try_nft_counter_in(
+    place: &impl Exec,
+    family: &str,
+    table: &str,
+    name: &str,
+) -> Option<u64> {
+    let out = place.exec(&["nft", "-j", "list", "counter", family, table, name]);
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     value["nftables"]
         .as_array()?
@@ -388,7 +499,7 @@ impl Drop for Blocked<'_> {
     fn drop(&mut self) {
         let out = self
             .router
-            .exec(&["nft", "delete", "table", "ip", &self.table]);
+            .exec(&["nft", "delete", "table", "inet", &self.table]);
         if !out.status.success() && !std::thread::panicking() {
             panic!(
                 "cannot lift the block {}: {}",
@@ -417,9 +528,14 @@ impl Internet {
         &self.netns
     }
 
-    /// The internet host's address.
+    /// The internet host's IPv4 address (over an IPv4 underlay).
     pub fn ip(&self) -> Ipv4Addr {
         INTERNET_IP
+    }
+
+    /// The internet host's IPv6 address (over an IPv6 underlay).
+    pub fn ip6(&self) -> Ipv6Addr {
+        INTERNET_IP6
     }
 
     pub fn netns_name(&self) -> &str {
@@ -450,7 +566,13 @@ impl Internet {
     /// `curl -s http://203.0.113.10:<port>/` (this machine's busybox-static
     /// `wget` segfaults, even on the host).
     pub fn start_whoami(&self, port: u16) -> WhoAmI {
-        WhoAmI::start(&self.netns.path(), SocketAddr::from((INTERNET_IP, port)))
+        self.start_whoami_at(INTERNET_IP.into(), port)
+    }
+
+    /// Like [`Internet::start_whoami`], listening on `ip` (e.g. [`Internet::ip6`] over
+    /// an IPv6 underlay: `curl http://[2001:db8:203::10]:<port>/`).
+    pub fn start_whoami_at(&self, ip: IpAddr, port: u16) -> WhoAmI {
+        WhoAmI::start(&self.netns.path(), SocketAddr::new(ip, port))
     }
 }
 

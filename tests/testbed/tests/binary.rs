@@ -112,6 +112,64 @@ fn the_demo_checks_every_step_and_tears_down() {
 }
 
 #[test]
+fn the_dualstack_demo_checks_every_step_in_both_families_and_tears_down() {
+    require_root!();
+    let stdout = run_ok(&["demo", "dualstack"]);
+    let first = stdout.lines().next().unwrap_or_default();
+    let id = first
+        .split_once("(testbed ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("no testbed id in {first:?}"));
+    assert!(
+        first.contains("dual-stack pods over an IPv6 underlay"),
+        "{first}"
+    );
+    for step in 1..=8 {
+        assert!(
+            stdout.contains(&format!("== {step}. ")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    // Both families, as the steps show them.
+    for shown in [
+        "endpoint [2001:db8::2]:51820, pod CIDRs 10.244.0.0/24,fd00:10:244::/64",
+        "IPv4: pod-0-0 -> pod-1-0 (10.244.1.2)",
+        "IPv6: pod-0-0 -> pod-1-0 (fd00:10:244:1::2)",
+        "the server saw the client as [fd00:10:244::2]:",
+        "the server saw 2001:db8::2",
+        "wgmesh0 1420",
+    ] {
+        assert!(stdout.contains(shown), "no {shown:?} in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("All checks passed.") && !stdout.contains("FAILED"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Tearing down."));
+    assert_no_namespaces_of(&id);
+}
+
+#[test]
+fn up_builds_an_ipv6_only_cluster_on_request() {
+    require_root!();
+    let stdout = run_ok(&["up", "--nodes", "2", "--pods", "1", "--layout", "ipv6"]);
+    let id = run_id(stdout.lines().next().unwrap_or_default());
+    for expected in [
+        "layout: IPv6 pods over an IPv6 underlay",
+        "node0    2001:db8::2     fd00:10:244::/64   nsenter --target ",
+        "node1    2001:db8:0:1::2 fd00:10:244:1::/64 nsenter --target ",
+        "pod-1-0    node1    fd00:10:244:1::2 nsenter",
+        "nodes reach it at https://[2001:db8:198::10]:6443",
+        "(2001:db8:203::10)",
+        "Torn down.",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    assert_no_namespaces_of(&id);
+}
+
+#[test]
 fn the_multicloud_demo_connects_every_pod_pair_and_tears_down() {
     require_root!();
     let out = Command::new(BIN)

@@ -22,7 +22,9 @@
 //! Tests that must run inside the VM are ordinary `#[ignore]`d tests of the same test
 //! binary, run there by [`Vm::run_test`]: the binary is on the shared root.
 
+pub mod flow;
 pub mod initramfs;
+pub mod node;
 pub mod protocol;
 
 use std::collections::HashMap;
@@ -193,6 +195,14 @@ impl Vm {
                 break;
             }
             assert!(
+                !relay.gone.load(Ordering::SeqCst),
+                "QEMU exited before the VM answered; qemu.log:\n{}\nconsole:\n{}",
+                std::fs::read_to_string(dir_path.join("qemu.log")).unwrap_or_default(),
+                std::fs::read_to_string(&console_log).unwrap_or_default()
+            );
+            // A request the guest cannot take yet may come back at once: no busy loop.
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(
                 Instant::now() < deadline,
                 "the VM did not answer within {BOOT_TIMEOUT:?}; console:\n{}",
                 std::fs::read_to_string(&console_log).unwrap_or_default()
@@ -333,8 +343,9 @@ impl Vm {
 
     /// Puts the VM on `router`'s node link of slot `addresses.index`, as a testbed node
     /// there: a veth from the VM's bridge to the router (named as the router's other
-    /// node links), the router's and the VM's addresses, the VM's default route via
-    /// the router. Undone on drop (the VM keeps no address).
+    /// node links, and tapped by the router's captures like them), the router's and the
+    /// VM's addresses, the VM's default route via the router. Undone on drop (the VM
+    /// keeps no address).
     pub fn attach<'a>(&'a self, router: &'a Router, addresses: &NodeAddresses) -> Attachment<'a> {
         let router_link = wgmesh_testbed::underlay::node_link(addresses.index);
         let here = format!("vmr{}", addresses.index);
@@ -394,8 +405,11 @@ impl Vm {
             "via",
             &addresses.router_ip.to_string(),
         ]);
+        router.adopt_node_link(addresses);
         Attachment {
             vm: self,
+            router,
+            index: addresses.index,
             host_link: here,
             router_link,
             broadcast: addresses.broadcast,
@@ -406,6 +420,8 @@ impl Vm {
 /// The VM wired to a testbed router; see [`Vm::attach`].
 pub struct Attachment<'a> {
     vm: &'a Vm,
+    router: &'a Router,
+    index: usize,
     host_link: String,
     router_link: String,
     broadcast: std::net::Ipv4Addr,
@@ -426,6 +442,7 @@ impl Drop for Attachment<'_> {
             ["-n", &self.vm.netns, "link", "delete", &self.host_link],
         );
         let _ = self.vm.exec(&["ip", "addr", "flush", "dev", VM_LINK]);
+        self.router.detach_node(self.index);
     }
 }
 
@@ -554,12 +571,18 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts
+# What udev would add: nft -f /dev/stdin (the nftables crate) needs it.
+ln -s /proc/self/fd /dev/fd
+ln -s /proc/self/fd/0 /dev/stdin
+ln -s /proc/self/fd/1 /dev/stdout
+ln -s /proc/self/fd/2 /dev/stderr
 for d in /run /tmp /etc/cni/net.d /var/lib/cni /var/lib/wgmesh; do
   mkdir -p $d && mount -t tmpfs tmpfs $d
 done
 hostname wgmesh-vm
 ip link set lo up
-for m in virtio_console virtio_net virtio_rng; do modprobe $m; done
+# tun: the userspace WireGuard backend's device (no udev here to load it on demand).
+for m in virtio_console virtio_net virtio_rng tun; do modprobe $m; done
 {guest} 2>/dev/console &
 # PID 1 reaps every orphan.
 while :; do wait; sleep 1; done

@@ -1,9 +1,11 @@
 //! Tests against a real kernel WireGuard: the netlink adapter inside the test VM, the
-//! backend choice, and a mixed mesh of a kernel node (the VM) and a userspace node
-//! (the testbed). One VM for the whole binary (see `wgmesh_vm`); `hack/test.sh` runs
-//! this binary with `cargo test`, in one process, not under nextest.
+//! backend choice, and a mixed mesh of a kernel node (the VM) and userspace nodes (the
+//! testbed), with the VM node switching backends and losing its device. One VM for the
+//! whole binary (see `wgmesh_vm`); `hack/test.sh` runs this binary with `cargo test`,
+//! in one process, not under nextest.
 
 mod kernel;
+mod mesh;
 
 use std::time::Duration;
 
@@ -47,8 +49,16 @@ fn auto_picks_the_kernel_in_the_vm_and_userspace_on_this_machine_and_says_why() 
     let wgmesh = wgmesh_testkit::workspace_bin("wgmesh");
     let wgmesh = wgmesh.to_string_lossy();
     let vm = Vm::shared();
+    // In a network namespace of its own: the agent installs its guard (nftables,
+    // routes) before it fails, which must not touch the VM node of the mesh tests.
     let inside = agent_start_log(
-        |s| vm.run(&["sh", "-c", s], "", Duration::from_secs(120)),
+        |s| {
+            vm.run(
+                &["unshare", "--net", "sh", "-c", s],
+                "",
+                Duration::from_secs(120),
+            )
+        },
         &wgmesh,
     );
     assert!(

@@ -103,8 +103,8 @@ impl Gateway {
             Attachment {
                 router_link: site.gateway,
                 peer_link: WAN_LINK,
-                router_ip: site.wan_router_ip,
-                peer_ip: site.wan_ip,
+                router_ip: site.wan_router_ip.into(),
+                peer_ip: site.wan_ip.into(),
                 prefix_len: site.wan_prefix_len,
             },
         );

@@ -47,7 +47,7 @@ pub use self::gateway::Gateway;
 pub use self::plan::{NatKind, REGION_LABEL};
 
 use crate::TestApiServer;
-use crate::addressing::{API_IP, API_PORT, INTERNET_IP};
+use crate::addressing::{API_IP, API_PORT, Family, INTERNET_IP};
 use crate::capture::{self, Capture, Tap};
 use crate::control;
 use crate::kube::Kube;
@@ -118,8 +118,8 @@ impl MultiCloudBuilder {
                     Attachment {
                         router_link: INTERNET_LINK,
                         peer_link: UNDERLAY_LINK,
-                        router_ip: plan::INTERNET_ROUTER_IP,
-                        peer_ip: INTERNET_IP,
+                        router_ip: plan::INTERNET_ROUTER_IP.into(),
+                        peer_ip: INTERNET_IP.into(),
                         prefix_len: plan::INTERNET_PREFIX_LEN,
                     },
                 );
@@ -127,7 +127,7 @@ impl MultiCloudBuilder {
             });
             let api_host = s.spawn(move || {
                 let api_host = NetNs::create(&format!("{run_id}-api"));
-                router.attach_api(&api_host);
+                router.attach_api(&api_host, Family::Ipv4);
                 api_host
             });
             let sites: Vec<_> = plan::SITES
@@ -152,7 +152,7 @@ impl MultiCloudBuilder {
         let api = api_thread
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        let (relay, kube) = control::connect(&api, &api_host, &node_kubeconfig);
+        let (relay, kube) = control::connect(&api, &api_host, API_IP.into(), &node_kubeconfig);
         let mut gateways = Vec::new();
         let mut nodes = Vec::new();
         for (gateway, site_nodes) in sites {

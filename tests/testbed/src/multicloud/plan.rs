@@ -230,6 +230,8 @@ impl NodePlan {
             broadcast: site.lan().broadcast(),
             pod_cidr: addressing::pod_cidr(self.index),
             external_ip: self.public_ip,
+            // IPv4 only: the IPv6 plan stays unused.
+            ..NodeAddresses::for_index(self.index)
         }
     }
 }
