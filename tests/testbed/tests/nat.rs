@@ -216,6 +216,19 @@ fn a_home_node_whose_nat_gets_a_new_public_address_is_reachable_again_within_10_
     );
     reach(a1, h1, WAIT);
     reach(b1, h1, WAIT);
+    // A home node that has run for a while: others published where they see it, so its
+    // agent knows it is behind a NAT and keeps its mappings open (5 s keepalive towards
+    // the other sites). Right after the first handshakes that news may still be on its
+    // way through the API (and the readdress below cuts h1's watch connection).
+    let h1_node = mc.node("h1");
+    wait_until(WAIT, "h1 keeping its NAT mappings open", || {
+        let out = h1_node.exec_ok(&["wg", "show", "wgmesh0", "persistent-keepalive"]);
+        let on = out
+            .lines()
+            .filter(|l| l.trim_end().ends_with("\t5"))
+            .count();
+        (on >= 3).then_some(())
+    });
     mc.gateway("gw-h1")
         .readdress(Ipv4Addr::new(203, 0, 113, 122));
     let readdressed = Instant::now();
