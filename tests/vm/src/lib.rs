@@ -563,6 +563,18 @@ exec busybox switch_root /newroot /bin/sh /wgmesh-vm-stage2
         modules = modules.join(" ")
     );
     let guest = workspace_bin("wgmesh-vm-guest");
+    // Directories that start empty in the VM, except one holding the workspace (a
+    // checkout under /tmp would otherwise hide the binaries the VM runs).
+    let fresh: Vec<&str> = [
+        "/run",
+        "/tmp",
+        "/etc/cni/net.d",
+        "/var/lib/cni",
+        "/var/lib/wgmesh",
+    ]
+    .into_iter()
+    .filter(|d| !guest.starts_with(d))
+    .collect();
     // The host's own shell and tools (busybox's shell runs its applets instead).
     let stage2 = format!(
         r#"#!/bin/sh
@@ -576,7 +588,7 @@ ln -s /proc/self/fd /dev/fd
 ln -s /proc/self/fd/0 /dev/stdin
 ln -s /proc/self/fd/1 /dev/stdout
 ln -s /proc/self/fd/2 /dev/stderr
-for d in /run /tmp /etc/cni/net.d /var/lib/cni /var/lib/wgmesh; do
+for d in {fresh}; do
   mkdir -p $d && mount -t tmpfs tmpfs $d
 done
 hostname wgmesh-vm
@@ -587,7 +599,8 @@ for m in virtio_console virtio_net virtio_rng tun; do modprobe $m; done
 # PID 1 reaps every orphan.
 while :; do wait; sleep 1; done
 "#,
-        guest = guest.display()
+        guest = guest.display(),
+        fresh = fresh.join(" ")
     );
     let mut entries = vec![
         Entry::Dir("bin"),
