@@ -348,3 +348,90 @@ fn an_interface_set_down_and_up_again_keeps_its_device_running() {
     pair.wait_for_ping();
     assert!(pair.b.proc.is_running());
 }
+
+/// A node that joins sends its initiation as soon as it knows a peer, often before the
+/// peer knows it: that initiation is answered when the peer is added (within
+/// REKEY_TIMEOUT), not only the initiator's retry 5 s later. The initiator here is
+/// wireguard-go; the capture shows it needed only the one initiation.
+#[test]
+fn an_initiation_that_came_before_its_peer_was_added_is_answered_when_it_is() {
+    require_root!();
+    let under = Underlay::new();
+    let a = Node::start(Impl::WgmeshWg, &under.a);
+    let b = Node::start(Impl::WireguardGo, &under.b);
+    a.set_key_and_port(A_PORT);
+    under
+        .a
+        .ip(["addr", "add", &format!("{A_INNER}/24"), "dev", &a.ifname]);
+    under.a.ip(["link", "set", &a.ifname, "up"]);
+    let a_endpoint = format!("{A_UNDER}:{A_PORT}");
+    configure(
+        &b,
+        &under.b,
+        B_PORT,
+        B_INNER,
+        &a.public(),
+        &a_endpoint,
+        A_INNER,
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("underlay.pcap");
+    let mut cmd = under.a.command("tcpdump");
+    cmd.args(["-i", &under.veth_a, "-n", "-U", "-w"])
+        .arg(&pcap)
+        .arg("udp")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let tcpdump = Proc::spawn(cmd, "tcpdump");
+    wait_for_capture(&pcap);
+    let count = |filter: &str| {
+        let text =
+            wgmesh_testkit::run("tcpdump", ["-r", pcap.to_str().unwrap_or(""), "-n", filter]);
+        text.lines().count()
+    };
+    let initiations = format!("src host {B_UNDER} and udp[8] = 1");
+    let responses = format!("src host {A_UNDER} and udp[8] = 2");
+
+    // B's packet starts its handshake; A does not know B yet and drops it.
+    let mut ping = under.b.command("ping");
+    ping.args(["-c", "1", "-W", "20", A_INNER])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let ping = Proc::spawn(ping, "ping");
+    wait_until(
+        Duration::from_secs(10),
+        "B's initiation on the wire",
+        || (count(&initiations) >= 1).then_some(()),
+    );
+    assert_eq!(count(&responses), 0, "A answered a key it does not know");
+
+    a.wg(&[
+        "set",
+        &a.ifname,
+        "peer",
+        &b.public(),
+        "endpoint",
+        &format!("{B_UNDER}:{B_PORT}"),
+        "allowed-ips",
+        &format!("{B_INNER}/32"),
+    ]);
+    wait_until(Duration::from_secs(20), "a handshake on B", || {
+        (b.dump().first()?.latest_handshake > 0).then_some(())
+    });
+    // The capture may write the answer a moment after B has it.
+    wait_until(Duration::from_secs(10), "A's answer in the capture", || {
+        (count(&responses) >= 1).then_some(())
+    });
+    let (sent, answered) = (count(&initiations), count(&responses));
+    ping.signal(libc::SIGTERM);
+    tcpdump.signal(libc::SIGTERM);
+    assert_eq!(
+        (sent, answered),
+        (1, 1),
+        "B's first initiation was answered, no retry was needed\nA: {}",
+        a.logs()
+    );
+}

@@ -18,7 +18,7 @@ use super::offloads::Offloads;
 use super::peer::{PeerConfig, PeerStatus};
 use super::supervisor::{Supervised, ThreadKind};
 use super::sys::lock;
-use super::tunnel::{Identity, Outbox, Tunnel};
+use super::tunnel::{INIT_LEN, Identity, Outbox, Tunnel};
 use super::udp::UdpSockets;
 use crate::key::PublicKey;
 use crate::netlink::NetNs;
@@ -112,6 +112,7 @@ impl Inner {
             }
         }
         let identity = ctl.identity.clone();
+        let mut added = Vec::new();
         for (key, pm) in &model.peers {
             match ctl.peers.get(key) {
                 Some(peer) => {
@@ -139,7 +140,8 @@ impl Inner {
                         index,
                         tunnel: Mutex::new(t),
                     });
-                    ctl.peers.insert(*key, peer);
+                    ctl.peers.insert(*key, Arc::clone(&peer));
+                    added.push(peer);
                     tracing::debug!(peer = %key.short(), index, "peer added");
                 }
             }
@@ -151,19 +153,29 @@ impl Inner {
         }
         ctl.model = model;
         self.shared.publish(ctl.snapshot());
+        let sockets = Arc::clone(&ctl.sockets);
+        // A peer that sent its initiation a moment before it was added: answered now,
+        // from the published snapshot (its answer comes back by index), and its
+        // handshake is under way without one of ours.
+        let mut outbox = Outbox::default();
+        let mut answered = HashSet::new();
+        for peer in &added {
+            if answer_early_init(&self.shared, peer, &sockets, &mut outbox) {
+                answered.insert(peer.key);
+            }
+        }
         let due: Vec<Arc<Peer>> = ch
             .keepalive_on
             .iter()
+            .filter(|k| !answered.contains(*k))
             .filter_map(|k| ctl.peers.get(k).cloned())
             .collect();
-        let sockets = Arc::clone(&ctl.sockets);
         drop(ctl);
 
         if let Some(old) = retired {
             old.close();
         }
         // A keepalive switched on goes out at once (and starts a handshake), as in wg.
-        let mut outbox = Outbox::default();
         for peer in due {
             outbox.clear();
             let endpoint = {
@@ -208,6 +220,27 @@ impl Inner {
             peers,
         }
     }
+}
+
+/// Hands `peer` the initiation it sent before it was added, if one was kept (see
+/// [`super::early`]), and sends the answer. Whether one was answered.
+fn answer_early_init(
+    shared: &Shared,
+    peer: &Peer,
+    sockets: &UdpSockets,
+    outbox: &mut Outbox,
+) -> bool {
+    let Some(init) = lock(&shared.early_inits).take(Instant::now(), &peer.key) else {
+        return false;
+    };
+    outbox.clear();
+    let mut plain = [0u8; INIT_LEN];
+    let decap = lock(&peer.tunnel).decapsulate(init.from, &init.datagram, &mut plain, outbox);
+    tracing::debug!(peer = %peer.key.short(), from = %init.from, ?decap, "initiation sent before the peer was added");
+    for d in outbox.iter() {
+        let _ = sockets.send_to(d, init.from);
+    }
+    !outbox.is_empty()
 }
 
 impl Control {

@@ -23,6 +23,7 @@ use boringtun::noise::{Packet, TunnResult};
 
 use super::allowed_ips::{AllowedIps, IntMap};
 use super::drops::{DropCounters, DropReason};
+use super::early::EarlyInits;
 use super::supervisor::{ThreadHealth, ThreadKind};
 use super::sys::{Stop, lock};
 use super::tun::Tun;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub stop: Stop,
     /// The interface MTU, refreshed every second, for padding.
     pub mtu: AtomicUsize,
+    /// Initiations from keys not (yet) peers, for a peer added a moment later.
+    pub early_inits: Mutex<EarlyInits>,
     generation: AtomicU64,
     snapshot: Mutex<Arc<Snapshot>>,
     closed: Mutex<Option<CloseReason>>,
@@ -87,6 +90,7 @@ impl Shared {
             threads: ThreadHealth::default(),
             stop,
             mtu: AtomicUsize::new(mtu),
+            early_inits: Mutex::new(EarlyInits::default()),
             generation: AtomicU64::new(0),
             snapshot: Mutex::new(Arc::new(snapshot)),
             closed: Mutex::new(None),
@@ -221,9 +225,11 @@ pub(crate) fn find_peer<'s>(
             };
             let half =
                 parse_handshake_anon(&id.secret, &id.public, &init).map_err(DropReason::from)?;
-            snap.by_key
-                .get(&PublicKey::from_bytes(half.peer_static_public))
-                .ok_or(DropReason::UnknownPeer)
+            let key = PublicKey::from_bytes(half.peer_static_public);
+            snap.by_key.get(&key).ok_or_else(|| {
+                lock(&shared.early_inits).keep(Instant::now(), key, from, datagram);
+                DropReason::UnknownPeer
+            })
         }
         _ => Err(DropReason::Malformed),
     }

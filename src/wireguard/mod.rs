@@ -10,6 +10,7 @@
 //!   (cutting TUN super-packets into segments), [`gro`] (coalescing TCP segments for the
 //!   TUN), [`batch`] (grouping datagrams into UDP GSO messages), [`offloads`] (what to
 //!   ask the kernel for, and falling back);
+//! - [`early`]: initiations from keys that are not peers yet, kept for a moment;
 //! - [`peer`], [`drops`], [`error`]: data types.
 //!
 //! I/O adapters, thin: [`tun`] (the TUN interface), [`udp`] (the sockets), `mmsg`
@@ -28,6 +29,7 @@ pub mod daemon;
 mod dataplane;
 pub mod device;
 pub mod drops;
+pub mod early;
 pub mod error;
 pub mod gro;
 pub mod gso;

@@ -7,6 +7,7 @@
 //! keepalive that can change without recreating the `Tunn` (boringtun fixes it at
 //! construction), and a mapping of every outcome to a [`DropReason`].
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -49,6 +50,11 @@ pub(crate) const DATA_OVERHEAD: usize = 32;
 /// running: past WireGuard's longest timer (REJECT_AFTER_TIME × 3 = 540 s, when every
 /// key is erased), nothing is left to time.
 pub const DORMANT_AFTER: Duration = Duration::from_secs(600);
+/// WireGuard's REKEY_TIMEOUT: a peer starts at most one initiation in this time, except
+/// the retransmissions of its timers (the kernel's rule; boringtun lacks it).
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Packets held while a new initiation must wait (boringtun queues 256 of its own).
+const HELD_PACKETS: usize = 128;
 
 /// The largest datagram or IP packet the data plane handles, plus room for the overhead.
 pub const MAX_PACKET: usize = 65536 + DATA_OVERHEAD;
@@ -164,6 +170,13 @@ pub struct Tunnel {
     quiet: (u64, Instant),
     /// Quiet for [`DORMANT_AFTER`]: ticks skip it until a packet comes or goes.
     dormant: bool,
+    /// When our last initiation went out, and the packets that wait, without a session,
+    /// for [`REKEY_TIMEOUT`] to pass since then (see [`Tunnel::encapsulate`]).
+    initiated_at: Option<Instant>,
+    held: VecDeque<Vec<u8>>,
+    /// We answered the peer's initiation without a session to send `Tunn`'s queued
+    /// packets with; answering ended our own initiation, so nothing in `Tunn` will.
+    stalled: bool,
 }
 
 impl Tunnel {
@@ -189,6 +202,9 @@ impl Tunnel {
             traffic: 0,
             quiet: (0, now),
             dormant: false,
+            initiated_at: None,
+            held: VecDeque::new(),
+            stalled: false,
         };
         t.tunn = identity.map(|id| t.make_tunn(id));
         t
@@ -212,12 +228,16 @@ impl Tunnel {
 
     /// The device's private key changed (or went away): sessions end, the peer stays.
     pub fn set_identity(&mut self, identity: Option<&Identity>) {
+        self.handshake_restarts();
         match (self.tunn.as_mut(), identity) {
             (Some(tunn), Some(id)) => {
                 tunn.set_static_private(id.secret.clone(), id.public, Some(id.rate_limiter.clone()))
             }
             (None, Some(id)) => self.tunn = Some(self.make_tunn(id)),
-            (_, None) => self.tunn = None,
+            (_, None) => {
+                self.tunn = None;
+                self.held.clear();
+            }
         }
     }
 
@@ -229,6 +249,13 @@ impl Tunnel {
         }
         self.preshared_key = key;
         self.tunn = identity.map(|id| self.make_tunn(id));
+        self.handshake_restarts();
+    }
+
+    /// Sessions and handshake state are gone: the next packet initiates at once.
+    fn handshake_restarts(&mut self) {
+        self.initiated_at = None;
+        self.stalled = false;
     }
 
     pub fn preshared_key(&self) -> Option<&PresharedKey> {
@@ -273,9 +300,27 @@ impl Tunnel {
         if out.len() < (packet.len() + DATA_OVERHEAD).max(INIT_LEN) {
             return Encap::Dropped(DropReason::TooLarge);
         }
+        // Without a session, boringtun starts an initiation whenever none is in progress,
+        // and answering the peer's initiation ends ours: it would start a new one and
+        // forget the old, and the peer's answer to the old one, already in flight, is
+        // rejected. Two peers with packets waiting did that to each other forever. So,
+        // as the kernel does, no new initiation within REKEY_TIMEOUT of the last: the
+        // packet waits for the session the peer's initiation is making, or for the
+        // timeout (see `tick`), behind the packets that waited before it.
+        if !has_session(tunn)
+            && (recent(self.initiated_at, Instant::now()) || !self.held.is_empty())
+        {
+            if self.held.len() < HELD_PACKETS {
+                self.held.push_back(packet.to_vec());
+            }
+            return Encap::Queued;
+        }
         match tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(datagram) => {
                 let n = datagram.len();
+                if datagram[0] == MSG_INIT {
+                    self.initiated_at = Some(Instant::now());
+                }
                 self.tx_bytes += n as u64;
                 self.traffic += 1;
                 Encap::Send(n)
@@ -323,12 +368,12 @@ impl Tunnel {
                     self.last_handshake = Some(SystemTime::now());
                 }
                 if authenticated {
-                    flush_queue(tunn, data, ends, scratch);
+                    self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
                 }
                 (Decap::Nothing, authenticated)
             }
             TunnResult::WriteToTunnelV4(packet, source) => {
-                flush_queue(tunn, data, ends, scratch);
+                self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
                 let packet: &'o [u8] = packet;
                 (
                     Decap::ToTun {
@@ -339,7 +384,7 @@ impl Tunnel {
                 )
             }
             TunnResult::WriteToTunnelV6(packet, source) => {
-                flush_queue(tunn, data, ends, scratch);
+                self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
                 let packet: &'o [u8] = packet;
                 (
                     Decap::ToTun {
@@ -349,8 +394,13 @@ impl Tunnel {
                     true,
                 )
             }
-            // A keepalive (authenticated), or a cookie reply we stored (not a roam).
-            TunnResult::Done => (Decap::Nothing, in_type == MSG_DATA),
+            // A keepalive (authenticated; it may confirm the session our packets wait
+            // for), or a cookie reply we stored (not a roam).
+            TunnResult::Done if in_type == MSG_DATA => {
+                self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
+                (Decap::Nothing, true)
+            }
+            TunnResult::Done => (Decap::Nothing, false),
             TunnResult::Err(e) => return Decap::Dropped(e.into()),
         };
         if authenticated {
@@ -393,10 +443,26 @@ impl Tunnel {
         if let TunnResult::WriteToNetwork(datagram) = tunn.update_timers(scratch) {
             Outbox::push(data, ends, datagram);
         }
-        // The responder's packets wait in `Tunn` until the initiator's first data message
-        // confirms the session; send them as soon as there is one.
-        if tunn.time_since_last_handshake().is_some() {
-            flush_queue(tunn, data, ends, scratch);
+        // The responder's packets wait until the initiator's first data message confirms
+        // the session: send them as soon as there is one. Without one, once REKEY_TIMEOUT
+        // has passed since our last initiation, the oldest waiting packet starts the next.
+        if has_session(tunn) {
+            flush_queue(tunn, &mut self.held, data, ends, scratch);
+            self.stalled = false;
+        } else if (self.stalled || !self.held.is_empty()) && !recent(self.initiated_at, now) {
+            if self.stalled {
+                // `Tunn` re-sends its oldest queued packet: without a session, that
+                // queues it again and starts an initiation.
+                if let TunnResult::WriteToNetwork(d) = tunn.decapsulate(None, &[], scratch) {
+                    Outbox::push(data, ends, d);
+                }
+                self.stalled = false;
+            }
+            while let Some(packet) = self.held.pop_front() {
+                if let TunnResult::WriteToNetwork(d) = tunn.encapsulate(&packet, scratch) {
+                    Outbox::push(data, ends, d);
+                }
+            }
         }
         // Without an endpoint there is nowhere to send a keepalive (nor a handshake).
         if self.keepalive > 0
@@ -404,7 +470,9 @@ impl Tunnel {
             && !active
             && now.duration_since(self.quiet.1) >= Duration::from_secs(self.keepalive.into())
         {
-            keepalive(tunn, data, ends, scratch);
+            if may_send(tunn, self.initiated_at, now) {
+                keepalive(tunn, data, ends, scratch);
+            }
             self.quiet = (self.traffic + 1, now);
         }
         self.account_sent(outbox, mark);
@@ -438,7 +506,9 @@ impl Tunnel {
         if self.endpoint.is_none() {
             return;
         }
-        if let Some(tunn) = self.tunn.as_mut() {
+        if let Some(tunn) = self.tunn.as_mut()
+            && may_send(tunn, self.initiated_at, Instant::now())
+        {
             let Outbox {
                 data,
                 ends,
@@ -452,7 +522,25 @@ impl Tunnel {
     fn account_sent(&mut self, outbox: &Outbox, (count, bytes): (usize, usize)) {
         self.traffic += (outbox.ends.len() - count) as u64;
         self.tx_bytes += (outbox.data.len() - bytes) as u64;
+        if outbox.iter().skip(count).any(|d| d[0] == MSG_INIT) {
+            self.initiated_at = Some(Instant::now());
+        }
     }
+}
+
+/// Whether `Tunn` has a session to send data with.
+fn has_session(tunn: &Tunn) -> bool {
+    tunn.time_since_last_handshake().is_some()
+}
+
+/// Whether an initiation went out less than REKEY_TIMEOUT before `now`.
+fn recent(initiated_at: Option<Instant>, now: Instant) -> bool {
+    initiated_at.is_some_and(|t| now.saturating_duration_since(t) < REKEY_TIMEOUT)
+}
+
+/// Whether a keepalive may go out: it is data with a session, an initiation without.
+fn may_send(tunn: &Tunn, initiated_at: Option<Instant>, now: Instant) -> bool {
+    has_session(tunn) || !recent(initiated_at, now)
 }
 
 fn keepalive(tunn: &mut Tunn, data: &mut Vec<u8>, ends: &mut Vec<usize>, scratch: &mut [u8]) {
@@ -461,12 +549,29 @@ fn keepalive(tunn: &mut Tunn, data: &mut Vec<u8>, ends: &mut Vec<usize>, scratch
     }
 }
 
-/// Sends what `Tunn` queued while it had no session (boringtun's "repeat with an empty
-/// datagram until Done" contract).
-fn flush_queue(tunn: &mut Tunn, data: &mut Vec<u8>, ends: &mut Vec<usize>, scratch: &mut [u8]) {
+/// Sends what waited for a session, `Tunn`'s queue (boringtun's "repeat with an empty
+/// datagram until Done" contract) and then ours, oldest first. Returns false, sending
+/// nothing, without a session: `Tunn` would queue its packet again and start an
+/// initiation.
+fn flush_queue(
+    tunn: &mut Tunn,
+    held: &mut VecDeque<Vec<u8>>,
+    data: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+    scratch: &mut [u8],
+) -> bool {
+    if !has_session(tunn) {
+        return false;
+    }
     while let TunnResult::WriteToNetwork(datagram) = tunn.decapsulate(None, &[], scratch) {
         Outbox::push(data, ends, datagram);
     }
+    while let Some(packet) = held.pop_front() {
+        if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(&packet, scratch) {
+            Outbox::push(data, ends, datagram);
+        }
+    }
+    true
 }
 
 /// The length to encrypt for an IP packet of `len` bytes: WireGuard pads the plaintext to

@@ -639,3 +639,97 @@ fn a_persistent_keepalive_waits_for_an_endpoint() {
     a.tunnel.tick(t0 + Duration::from_secs(10), &mut a.outbox);
     assert_eq!(a.outbox.iter().next().map(|d| d[0]), Some(MSG_INIT));
 }
+
+/// Both sides have a packet waiting and start a handshake at the same moment; every
+/// round, each side gets what the other sent in the previous one. Over boringtun alone
+/// this livelocks (seen in the NAT e2e for 30 s): each side answers the other's
+/// initiation and, its packets still waiting, starts a new one of its own, which makes
+/// it forget the one the answer in flight is for; the answer is rejected, and so on.
+#[test]
+fn crossing_initiations_with_packets_waiting_on_both_sides_connect() {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    let mut b = Side::new(&kb, &ka, None, 2);
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    b.tunnel.set_endpoint(addr(A_ADDR));
+    let to_b = ipv4_packet([10, 244, 0, 1], [10, 244, 1, 1], b"from a");
+    let to_a = ipv4_packet([10, 244, 1, 1], [10, 244, 0, 1], b"from b");
+    let mut for_b = vec![a.send(&to_b)];
+    let mut for_a = vec![b.send(&to_a)];
+    assert_eq!((for_b[0][0], for_a[0][0]), (MSG_INIT, MSG_INIT));
+
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    let mut rounds = 0;
+    while (got_a.is_empty() || got_b.is_empty()) && rounds < 20 {
+        rounds += 1;
+        // Each side keeps sending while it waits, as a pod does.
+        if got_b.is_empty() {
+            if let Encap::Send(n) = a.tunnel.encapsulate(&to_b, &mut a.out) {
+                for_b.push(a.out[..n].to_vec());
+            }
+        }
+        let deliver = |side: &mut Side, from: &str, batch: Vec<Vec<u8>>, got: &mut Vec<_>| {
+            let mut replies = Vec::new();
+            for d in batch {
+                let (r, sent) = side.receive(from, &d);
+                if let Ok(Some(p)) = r {
+                    got.push(p);
+                }
+                replies.extend(sent);
+            }
+            replies
+        };
+        let next_for_a = deliver(&mut b, A_ADDR, std::mem::take(&mut for_b), &mut got_b);
+        let next_for_b = deliver(&mut a, B_ADDR, std::mem::take(&mut for_a), &mut got_a);
+        for_a = next_for_a;
+        for_b = next_for_b;
+    }
+    assert_eq!(got_b.first(), Some(&to_b), "after {rounds} rounds");
+    assert_eq!(got_a.first(), Some(&to_a), "after {rounds} rounds");
+    assert!(rounds <= 3, "connected, but only after {rounds} rounds");
+}
+
+/// The peer's initiation answered, its confirmation lost: the packets waiting start our
+/// next initiation once REKEY_TIMEOUT has passed since the last, never sooner, and all
+/// arrive, in order, once it completes.
+#[test]
+fn waiting_packets_start_the_next_initiation_only_after_rekey_timeout() {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    let mut b = Side::new(&kb, &ka, None, 2);
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    b.tunnel.set_endpoint(addr(A_ADDR));
+    let t0 = Instant::now();
+    let first = ipv4_packet([10, 244, 0, 1], [10, 244, 1, 1], b"first");
+    let second = ipv4_packet([10, 244, 0, 1], [10, 244, 1, 1], b"second");
+    assert_eq!(a.send(&first)[0], MSG_INIT);
+    let b_init = b.send(&ipv4_packet([10, 244, 1, 1], [10, 244, 0, 1], b"b"));
+    let (_, replies) = a.receive(B_ADDR, &b_init);
+    assert_eq!(
+        replies.iter().map(|d| d[0]).collect::<Vec<_>>(),
+        [MSG_RESPONSE],
+        "an answer, and no initiation of A's own"
+    );
+    // The answer is lost. A's next packet waits too.
+    assert_eq!(a.tunnel.encapsulate(&second, &mut a.out), Encap::Queued);
+    a.outbox.clear();
+    a.tunnel.tick(t0 + Duration::from_secs(2), &mut a.outbox);
+    assert!(a.outbox.is_empty(), "no initiation within REKEY_TIMEOUT");
+    a.tunnel
+        .tick(t0 + REKEY_TIMEOUT + Duration::from_secs(1), &mut a.outbox);
+    let sent: Vec<_> = a.outbox.iter().map(<[u8]>::to_vec).collect();
+    assert_eq!(sent.len(), 1, "one initiation");
+    assert_eq!(sent[0][0], MSG_INIT);
+
+    // B (fresh, as if its own attempt gave up) answers; A confirms and sends both.
+    b.tunnel = Tunnel::new(Some(&b.identity), ka.public_key(), None, 2, Instant::now());
+    let (_, replies) = b.receive(A_ADDR, &sent[0]);
+    let (_, replies) = a.receive(B_ADDR, &replies[0]);
+    let delivered: Vec<_> = replies
+        .iter()
+        .filter_map(|d| b.receive(A_ADDR, d).0.unwrap())
+        .collect();
+    assert_eq!(delivered, [first, second]);
+}

@@ -3,8 +3,60 @@
 //! infrastructure (part of the `wgmesh-testbed` binary).
 
 use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use wgmesh_testbed::{Exec, Pod, Testbed, bench, transfer};
+use wgmesh_testbed::{Exec, Layout, Pod, Testbed, bench, transfer};
+
+/// A demo's steps on `tb` with `pods[node][k]`; the first failed check ends them.
+pub(crate) type Steps = fn(&Testbed, &[Vec<Pod>]) -> Result<(), String>;
+
+/// The three-node demos: builds 3 nodes with 2 pods each on `layout`, says `headline`
+/// (given the testbed), runs `steps`, says how they went, keeps the cluster until Ctrl-C
+/// or SIGTERM (`stop`) with `keep`, and tears down.
+pub(crate) fn three_nodes(
+    layout: Layout,
+    headline: &dyn Fn(&Testbed) -> String,
+    steps: Steps,
+    keep: bool,
+    stop: &AtomicBool,
+) -> ExitCode {
+    let tb = Testbed::builder().nodes(3).layout(layout).build();
+    let pods: Vec<Vec<Pod>> = (0..3)
+        .map(|n| {
+            (0..2)
+                .map(|k| tb.add_pod(n, &format!("pod-{n}-{k}")))
+                .collect()
+        })
+        .collect();
+    say!("{}", headline(&tb));
+    let result = steps(&tb, &pods);
+    match &result {
+        Ok(()) => say!("\n\x1b[1;32mAll checks passed.\x1b[0m"),
+        Err(what) => say!("\n\x1b[1;31mFAILED: {what}\x1b[0m\n{}", tb.diagnostics()),
+    }
+    if keep {
+        let flat: Vec<Pod> = pods.into_iter().flatten().collect();
+        crate::print_cluster(&tb, &flat);
+        keep_until(stop);
+    }
+    say!("Tearing down.");
+    drop(tb);
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--keep`: waits for Ctrl-C or SIGTERM (a person's: polling a flag is plenty).
+pub(crate) fn keep_until(stop: &AtomicBool) {
+    say!("\nKept until Ctrl-C or SIGTERM.");
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 pub(crate) fn step(n: u32, what: &str) {
     say!("\n\x1b[1m== {n}. {what}\x1b[0m");

@@ -6,8 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use wgmesh_testbed::addressing::{WIREGUARD_PORT, join};
 use wgmesh_testbed::capture::UNDERLAY_FILTER;
@@ -21,40 +20,15 @@ const LAYOUT: Layout = Layout::DualStackOverIpv6;
 /// Builds the cluster, runs the demo, and tears down (after Ctrl-C or SIGTERM with
 /// `keep`).
 pub fn main(keep: bool, stop: &AtomicBool) -> ExitCode {
-    let tb = Testbed::builder().nodes(3).layout(LAYOUT).build();
-    let pods: Vec<Vec<Pod>> = (0..3)
-        .map(|n| {
-            (0..2)
-                .map(|k| tb.add_pod(n, &format!("pod-{n}-{k}")))
-                .collect()
-        })
-        .collect();
-    say!(
-        "wgmesh dual-stack demo (testbed {}): 3 nodes, {}, 2 pods each, built in {:.2} s",
-        tb.run_id(),
-        LAYOUT.describe(),
-        tb.build_duration().as_secs_f64()
-    );
-    let result = run(&tb, &pods);
-    match &result {
-        Ok(()) => say!("\n\x1b[1;32mAll checks passed.\x1b[0m"),
-        Err(what) => say!("\n\x1b[1;31mFAILED: {what}\x1b[0m\n{}", tb.diagnostics()),
-    }
-    if keep {
-        let flat: Vec<Pod> = pods.into_iter().flatten().collect();
-        crate::print_cluster(&tb, &flat);
-        say!("\nKept until Ctrl-C or SIGTERM.");
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    say!("Tearing down.");
-    drop(tb);
-    if result.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let headline = |tb: &Testbed| {
+        format!(
+            "wgmesh dual-stack demo (testbed {}): 3 nodes, {}, 2 pods each, built in {:.2} s",
+            tb.run_id(),
+            LAYOUT.describe(),
+            tb.build_duration().as_secs_f64()
+        )
+    };
+    crate::demo::three_nodes(LAYOUT, &headline, run, keep, stop)
 }
 
 /// `pod`'s address of `family` (every pod of the layout has both).

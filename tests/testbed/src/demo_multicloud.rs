@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use wgmesh_testbed::addressing::cluster_cidr;
@@ -61,10 +61,7 @@ pub fn main(keep: bool, stop: &AtomicBool) -> ExitCode {
     }
     if keep {
         print_testbed(&mc, &pods);
-        say!("\nKept until Ctrl-C or SIGTERM.");
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::demo::keep_until(stop);
     }
     say!("Tearing down.");
     drop(mc);

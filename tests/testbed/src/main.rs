@@ -22,7 +22,6 @@ mod demo_multicloud;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -153,38 +152,13 @@ fn main() -> ExitCode {
 }
 
 fn run_demo(keep: bool) -> ExitCode {
-    let tb = Testbed::builder().nodes(3).build();
-    let pods: Vec<Vec<Pod>> = (0..3)
-        .map(|n| {
-            (0..2)
-                .map(|k| tb.add_pod(n, &format!("pod-{n}-{k}")))
-                .collect()
-        })
-        .collect();
-    say!(
-        "wgmesh demo: 3 nodes (network + mount namespaces), 2 pods each, built in {:.2} s",
-        tb.build_duration().as_secs_f64()
-    );
-    let result = demo::run(&tb, &pods);
-    match &result {
-        Ok(()) => say!("\n\x1b[1;32mAll checks passed.\x1b[0m"),
-        Err(what) => say!("\n\x1b[1;31mFAILED: {what}\x1b[0m\n{}", tb.diagnostics()),
-    }
-    if keep {
-        let flat: Vec<Pod> = pods.into_iter().flatten().collect();
-        print_cluster(&tb, &flat);
-        say!("\nKept until Ctrl-C or SIGTERM.");
-        while !STOP.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    say!("Tearing down.");
-    drop(tb);
-    if result.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let headline = |tb: &Testbed| {
+        format!(
+            "wgmesh demo: 3 nodes (network + mount namespaces), 2 pods each, built in {:.2} s",
+            tb.build_duration().as_secs_f64()
+        )
+    };
+    demo::three_nodes(Layout::Ipv4, &headline, demo::run, keep, &STOP)
 }
 
 fn bench(seconds: u32, names: &[String], layout: Layout) -> ExitCode {
@@ -235,11 +209,7 @@ fn up(nodes: usize, pods_per_node: usize, layout: Layout, keep: bool) {
     }
     print_cluster(&tb, &pods);
     if keep {
-        say!("\nKept until Ctrl-C or SIGTERM.");
-        // A person's Ctrl-C: polling a flag is plenty.
-        while !STOP.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        demo::keep_until(&STOP);
         say!("Tearing down.");
     } else {
         say!("\nTearing down (use --keep to keep the cluster).");

@@ -17,6 +17,26 @@ fn run_id(first_line: &str) -> String {
         .to_string()
 }
 
+/// The testbed id from a demo's first line: `... (testbed <id>) ...`.
+fn demo_id(first_line: &str) -> String {
+    first_line
+        .split_once("(testbed ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_else(|| panic!("no testbed id in {first_line:?}"))
+}
+
+/// Asserts the demo's output shows steps 1 to `steps`.
+fn assert_steps(stdout: &str, steps: u32) {
+    for step in 1..=steps {
+        assert!(
+            stdout.contains(&format!("== {step}. ")),
+            "step {step} missing:
+{stdout}"
+        );
+    }
+}
+
 /// Runs the binary to the end; its stdout, after checking it succeeded.
 fn run_ok(args: &[&str]) -> String {
     let out = Command::new(BIN)
@@ -98,12 +118,7 @@ fn up_with_keep_holds_the_cluster_until_sigterm() {
 fn the_demo_checks_every_step_and_tears_down() {
     require_root!();
     let stdout = run_ok(&["demo"]);
-    for step in 1..=8 {
-        assert!(
-            stdout.contains(&format!("== {step}. ")),
-            "step {step} missing:\n{stdout}"
-        );
-    }
+    assert_steps(&stdout, 8);
     assert!(
         stdout.contains("All checks passed.") && !stdout.contains("FAILED"),
         "{stdout}"
@@ -116,21 +131,12 @@ fn the_dualstack_demo_checks_every_step_in_both_families_and_tears_down() {
     require_root!();
     let stdout = run_ok(&["demo", "dualstack"]);
     let first = stdout.lines().next().unwrap_or_default();
-    let id = first
-        .split_once("(testbed ")
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(id, _)| id.to_string())
-        .unwrap_or_else(|| panic!("no testbed id in {first:?}"));
+    let id = demo_id(first);
     assert!(
         first.contains("dual-stack pods over an IPv6 underlay"),
         "{first}"
     );
-    for step in 1..=8 {
-        assert!(
-            stdout.contains(&format!("== {step}. ")),
-            "step {step} missing:\n{stdout}"
-        );
-    }
+    assert_steps(&stdout, 8);
     // Both families, as the steps show them.
     for shown in [
         "endpoint [2001:db8::2]:51820, pod CIDRs 10.244.0.0/24,fd00:10:244::/64",
@@ -179,21 +185,12 @@ fn the_multicloud_demo_connects_every_pod_pair_and_tears_down() {
         .expect("wgmesh-testbed runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let first = stdout.lines().next().unwrap_or_default();
-    let id = first
-        .split_once("(testbed ")
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(id, _)| id.to_string())
-        .unwrap_or_else(|| panic!("no testbed id in {first:?}"));
+    let id = demo_id(first);
     assert!(
         stdout.contains("gw-h2: masquerade,"),
         "no picture:\n{stdout}"
     );
-    for step in 1..=6 {
-        assert!(
-            stdout.contains(&format!("== {step}. ")),
-            "step {step} missing:\n{stdout}"
-        );
-    }
+    assert_steps(&stdout, 6);
     // Every step passes: the 20 pod pairs across sites and NATs, only WireGuard on the
     // internet, a1-a2 on their LAN (issue #14).
     let summary = stdout
