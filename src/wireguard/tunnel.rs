@@ -53,7 +53,7 @@ pub const DORMANT_AFTER: Duration = Duration::from_secs(600);
 /// WireGuard's REKEY_TIMEOUT: a peer starts at most one initiation in this time, except
 /// the retransmissions of its timers (the kernel's rule; boringtun lacks it).
 pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Packets held while a new initiation must wait (boringtun queues 256 of its own).
+/// Packets held while a new initiation must wait (the kernel stages 128 per peer).
 const HELD_PACKETS: usize = 128;
 
 /// The largest datagram or IP packet the data plane handles, plus room for the overhead.

@@ -435,6 +435,9 @@ fn storm_restart(scale: &mut Scale, n: usize, report: &mut Report) {
 
 /// Every other node restarts (sessions gone) and sends to node0 at once.
 fn storm_peers(scale: &mut Scale, n: usize, report: &mut Report) {
+    // A second of handshake budget of its own: the agent's restart just spent one (and
+    // the metrics text then shows what came before).
+    std::thread::sleep(METRICS_REFRESH);
     let before = scale.swarm.totals();
     let under_load = "wgmesh_dataplane_packets_dropped_total{reason=\"under_load\"}";
     let m0 = agent_metrics(scale.agent()).get(under_load);
