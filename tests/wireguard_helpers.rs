@@ -586,7 +586,9 @@ pub fn gso_runs_sent(ns: &TestNs, link: &str, port: u16, during: impl FnOnce()) 
     let pcap = dir.path().join("gso.pcap");
     let filter = format!("udp and src port {port} and greater 1600");
     let mut cmd = ns.command("tcpdump");
-    cmd.args(["-i", link, "-s", "64", "-U", "-w"])
+    // Immediate mode: otherwise packets wait in the capture buffer for up to a second,
+    // and a short burst would be lost when tcpdump is stopped.
+    cmd.args(["-i", link, "-s", "64", "-U", "--immediate-mode", "-w"])
         .arg(&pcap)
         .arg(&filter)
         .stdout(Stdio::null())
@@ -599,6 +601,38 @@ pub fn gso_runs_sent(ns: &TestNs, link: &str, port: u16, during: impl FnOnce()) 
         tcpdump.child.try_wait().ok().flatten()
     });
     pcap_records(&std::fs::read(&pcap).expect("pcap"))
+}
+
+const BURST: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.sendto(b"x" * 1200, (sys.argv[1], 9))
+"#;
+
+/// The UDP GSO runs A sends for a burst of `count` datagrams (1,200 bytes to B's
+/// discard port) queued on its TUN while its device is stopped (SIGSTOP): then the
+/// burst is there at one read, whatever the scheduling, and with UDP GSO it leaves as
+/// runs. Returns once A has sent the whole burst.
+pub fn gso_runs_for_a_burst(pair: &Pair, count: usize) -> usize {
+    let sent_before = pair.a.dump()[0].tx;
+    gso_runs_sent(&pair.under.a, &pair.under.veth_a, A_PORT, || {
+        pair.a.proc.signal(libc::SIGSTOP);
+        let queued = pair
+            .under
+            .a
+            .exec("python3", ["-c", BURST, B_INNER, &count.to_string()]);
+        pair.a.proc.signal(libc::SIGCONT);
+        assert!(
+            queued.status.success(),
+            "{}",
+            String::from_utf8_lossy(&queued.stderr)
+        );
+        let burst = (count * 1200) as u64;
+        wait_until(Duration::from_secs(10), "A to send the burst", || {
+            (pair.a.dump()[0].tx >= sent_before + burst).then_some(())
+        });
+    })
 }
 
 /// The number of packets in a pcap file.

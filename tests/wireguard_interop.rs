@@ -378,7 +378,7 @@ fn an_initiation_that_came_before_its_peer_was_added_is_answered_when_it_is() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pcap = dir.path().join("underlay.pcap");
     let mut cmd = under.a.command("tcpdump");
-    cmd.args(["-i", &under.veth_a, "-n", "-U", "-w"])
+    cmd.args(["-i", &under.veth_a, "-n", "-U", "--immediate-mode", "-w"])
         .arg(&pcap)
         .arg("udp")
         .stdin(Stdio::null())
