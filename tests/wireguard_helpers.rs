@@ -314,6 +314,12 @@ pub fn configure(
     peer_inner: &str,
 ) {
     node.set_key_and_port(port);
+    add_peer(node, peer_public, endpoint, peer_inner);
+    bring_up(node, ns, inner);
+}
+
+/// Adds the peer at `endpoint` whose tunnel address is `peer_inner`.
+pub fn add_peer(node: &Node, peer_public: &str, endpoint: &str, peer_inner: &str) {
     let allowed = format!("{peer_inner}/32");
     node.wg(&[
         "set",
@@ -325,6 +331,10 @@ pub fn configure(
         "allowed-ips",
         &allowed,
     ]);
+}
+
+/// Gives `node`'s interface its tunnel address and sets it up.
+pub fn bring_up(node: &Node, ns: &TestNs, inner: &str) {
     ns.ip(["addr", "add", &format!("{inner}/24"), "dev", &node.ifname]);
     ns.ip(["link", "set", &node.ifname, "up"]);
 }

@@ -360,10 +360,7 @@ fn an_initiation_that_came_before_its_peer_was_added_is_answered_when_it_is() {
     let a = Node::start(Impl::WgmeshWg, &under.a);
     let b = Node::start(Impl::WireguardGo, &under.b);
     a.set_key_and_port(A_PORT);
-    under
-        .a
-        .ip(["addr", "add", &format!("{A_INNER}/24"), "dev", &a.ifname]);
-    under.a.ip(["link", "set", &a.ifname, "up"]);
+    bring_up(&a, &under.a, A_INNER);
     let a_endpoint = format!("{A_UNDER}:{A_PORT}");
     configure(
         &b,
@@ -408,16 +405,7 @@ fn an_initiation_that_came_before_its_peer_was_added_is_answered_when_it_is() {
     );
     assert_eq!(count(&responses), 0, "A answered a key it does not know");
 
-    a.wg(&[
-        "set",
-        &a.ifname,
-        "peer",
-        &b.public(),
-        "endpoint",
-        &format!("{B_UNDER}:{B_PORT}"),
-        "allowed-ips",
-        &format!("{B_INNER}/32"),
-    ]);
+    add_peer(&a, &b.public(), &format!("{B_UNDER}:{B_PORT}"), B_INNER);
     wait_until(Duration::from_secs(20), "a handshake on B", || {
         (b.dump().first()?.latest_handshake > 0).then_some(())
     });

@@ -170,8 +170,9 @@ pub struct Tunnel {
     quiet: (u64, Instant),
     /// Quiet for [`DORMANT_AFTER`]: ticks skip it until a packet comes or goes.
     dormant: bool,
-    /// When our last initiation went out, and the packets that wait, without a session,
-    /// for [`REKEY_TIMEOUT`] to pass since then (see [`Tunnel::encapsulate`]).
+    /// When our last initiation went out (until a session is there to send with), and
+    /// the packets that wait, without a session, for [`REKEY_TIMEOUT`] to pass since
+    /// then (see [`Tunnel::encapsulate`]).
     initiated_at: Option<Instant>,
     held: VecDeque<Vec<u8>>,
     /// We answered the peer's initiation without a session to send `Tunn`'s queued
@@ -307,8 +308,11 @@ impl Tunnel {
         // as the kernel does, no new initiation within REKEY_TIMEOUT of the last: the
         // packet waits for the session the peer's initiation is making, or for the
         // timeout (see `tick`), behind the packets that waited before it.
-        if !has_session(tunn)
-            && (recent(self.initiated_at, Instant::now()) || !self.held.is_empty())
+        // (Nothing to check, and no clock to read, on the path of a working session.)
+        let waiting = !self.held.is_empty();
+        if (waiting || self.initiated_at.is_some())
+            && !has_session(tunn)
+            && (waiting || recent(self.initiated_at, Instant::now()))
         {
             if self.held.len() < HELD_PACKETS {
                 self.held.push_back(packet.to_vec());
@@ -368,12 +372,26 @@ impl Tunnel {
                     self.last_handshake = Some(SystemTime::now());
                 }
                 if authenticated {
-                    self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
+                    self.stalled |= !flush_queue(
+                        tunn,
+                        &mut self.held,
+                        &mut self.initiated_at,
+                        data,
+                        ends,
+                        scratch,
+                    );
                 }
                 (Decap::Nothing, authenticated)
             }
             TunnResult::WriteToTunnelV4(packet, source) => {
-                self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
+                self.stalled |= !flush_queue(
+                    tunn,
+                    &mut self.held,
+                    &mut self.initiated_at,
+                    data,
+                    ends,
+                    scratch,
+                );
                 let packet: &'o [u8] = packet;
                 (
                     Decap::ToTun {
@@ -384,7 +402,14 @@ impl Tunnel {
                 )
             }
             TunnResult::WriteToTunnelV6(packet, source) => {
-                self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
+                self.stalled |= !flush_queue(
+                    tunn,
+                    &mut self.held,
+                    &mut self.initiated_at,
+                    data,
+                    ends,
+                    scratch,
+                );
                 let packet: &'o [u8] = packet;
                 (
                     Decap::ToTun {
@@ -397,7 +422,14 @@ impl Tunnel {
             // A keepalive (authenticated; it may confirm the session our packets wait
             // for), or a cookie reply we stored (not a roam).
             TunnResult::Done if in_type == MSG_DATA => {
-                self.stalled |= !flush_queue(tunn, &mut self.held, data, ends, scratch);
+                self.stalled |= !flush_queue(
+                    tunn,
+                    &mut self.held,
+                    &mut self.initiated_at,
+                    data,
+                    ends,
+                    scratch,
+                );
                 (Decap::Nothing, true)
             }
             TunnResult::Done => (Decap::Nothing, false),
@@ -447,7 +479,14 @@ impl Tunnel {
         // the session: send them as soon as there is one. Without one, once REKEY_TIMEOUT
         // has passed since our last initiation, the oldest waiting packet starts the next.
         if has_session(tunn) {
-            flush_queue(tunn, &mut self.held, data, ends, scratch);
+            flush_queue(
+                tunn,
+                &mut self.held,
+                &mut self.initiated_at,
+                data,
+                ends,
+                scratch,
+            );
             self.stalled = false;
         } else if (self.stalled || !self.held.is_empty()) && !recent(self.initiated_at, now) {
             if self.stalled {
@@ -540,7 +579,7 @@ fn recent(initiated_at: Option<Instant>, now: Instant) -> bool {
 
 /// Whether a keepalive may go out: it is data with a session, an initiation without.
 fn may_send(tunn: &Tunn, initiated_at: Option<Instant>, now: Instant) -> bool {
-    has_session(tunn) || !recent(initiated_at, now)
+    !recent(initiated_at, now) || has_session(tunn)
 }
 
 fn keepalive(tunn: &mut Tunn, data: &mut Vec<u8>, ends: &mut Vec<usize>, scratch: &mut [u8]) {
@@ -550,12 +589,14 @@ fn keepalive(tunn: &mut Tunn, data: &mut Vec<u8>, ends: &mut Vec<usize>, scratch
 }
 
 /// Sends what waited for a session, `Tunn`'s queue (boringtun's "repeat with an empty
-/// datagram until Done" contract) and then ours, oldest first. Returns false, sending
-/// nothing, without a session: `Tunn` would queue its packet again and start an
-/// initiation.
+/// datagram until Done" contract) and then ours, oldest first; with a session there,
+/// the last initiation no longer holds anything back (`initiated_at` is cleared).
+/// Returns false, sending nothing, without a session: `Tunn` would queue its packet
+/// again and start an initiation.
 fn flush_queue(
     tunn: &mut Tunn,
     held: &mut VecDeque<Vec<u8>>,
+    initiated_at: &mut Option<Instant>,
     data: &mut Vec<u8>,
     ends: &mut Vec<usize>,
     scratch: &mut [u8],
@@ -563,6 +604,7 @@ fn flush_queue(
     if !has_session(tunn) {
         return false;
     }
+    *initiated_at = None;
     while let TunnResult::WriteToNetwork(datagram) = tunn.decapsulate(None, &[], scratch) {
         Outbox::push(data, ends, datagram);
     }

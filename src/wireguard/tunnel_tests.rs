@@ -640,6 +640,17 @@ fn a_persistent_keepalive_waits_for_an_endpoint() {
     assert_eq!(a.outbox.iter().next().map(|d| d[0]), Some(MSG_INIT));
 }
 
+/// Two sides that know each other's key and endpoint, with no handshake yet.
+fn strangers() -> (Side, Side) {
+    let ka = PrivateKey::generate().unwrap();
+    let kb = PrivateKey::generate().unwrap();
+    let mut a = Side::new(&ka, &kb, None, 1);
+    let mut b = Side::new(&kb, &ka, None, 2);
+    a.tunnel.set_endpoint(addr(B_ADDR));
+    b.tunnel.set_endpoint(addr(A_ADDR));
+    (a, b)
+}
+
 /// Both sides have a packet waiting and start a handshake at the same moment; every
 /// round, each side gets what the other sent in the previous one. Over boringtun alone
 /// this livelocks (seen in the NAT e2e for 30 s): each side answers the other's
@@ -647,12 +658,7 @@ fn a_persistent_keepalive_waits_for_an_endpoint() {
 /// it forget the one the answer in flight is for; the answer is rejected, and so on.
 #[test]
 fn crossing_initiations_with_packets_waiting_on_both_sides_connect() {
-    let ka = PrivateKey::generate().unwrap();
-    let kb = PrivateKey::generate().unwrap();
-    let mut a = Side::new(&ka, &kb, None, 1);
-    let mut b = Side::new(&kb, &ka, None, 2);
-    a.tunnel.set_endpoint(addr(B_ADDR));
-    b.tunnel.set_endpoint(addr(A_ADDR));
+    let (mut a, mut b) = strangers();
     let to_b = ipv4_packet([10, 244, 0, 1], [10, 244, 1, 1], b"from a");
     let to_a = ipv4_packet([10, 244, 1, 1], [10, 244, 0, 1], b"from b");
     let mut for_b = vec![a.send(&to_b)];
@@ -695,12 +701,7 @@ fn crossing_initiations_with_packets_waiting_on_both_sides_connect() {
 /// arrive, in order, once it completes.
 #[test]
 fn waiting_packets_start_the_next_initiation_only_after_rekey_timeout() {
-    let ka = PrivateKey::generate().unwrap();
-    let kb = PrivateKey::generate().unwrap();
-    let mut a = Side::new(&ka, &kb, None, 1);
-    let mut b = Side::new(&kb, &ka, None, 2);
-    a.tunnel.set_endpoint(addr(B_ADDR));
-    b.tunnel.set_endpoint(addr(A_ADDR));
+    let (mut a, mut b) = strangers();
     let t0 = Instant::now();
     let first = ipv4_packet([10, 244, 0, 1], [10, 244, 1, 1], b"first");
     let second = ipv4_packet([10, 244, 0, 1], [10, 244, 1, 1], b"second");
@@ -724,7 +725,8 @@ fn waiting_packets_start_the_next_initiation_only_after_rekey_timeout() {
     assert_eq!(sent[0][0], MSG_INIT);
 
     // B (fresh, as if its own attempt gave up) answers; A confirms and sends both.
-    b.tunnel = Tunnel::new(Some(&b.identity), ka.public_key(), None, 2, Instant::now());
+    let a_key = a.identity.public_key();
+    b.tunnel = Tunnel::new(Some(&b.identity), a_key, None, 2, Instant::now());
     let (_, replies) = b.receive(A_ADDR, &sent[0]);
     let (_, replies) = a.receive(B_ADDR, &replies[0]);
     let delivered: Vec<_> = replies
